@@ -1,0 +1,396 @@
+//! CPU kernels of 3-D convolution: tiled im2col + GEMM, shared by `conv3d` and `conv_transpose3d`.
+//!
+//! Geometry is always stated in *convolution* terms: the "image" side `x` `[N, Ci, Di, Hi, Wi]`,
+//! the "column" side `y` `[N, Co, Do, Ho, Wo]` and the weight `[Co, Ci/groups, Kd, Kh, Kw]`.
+//! Three products cover every case:
+//! - [`forward`]: `y = W ⋆ x` (conv3d forward; data gradient of conv_transpose3d),
+//! - [`backward_data`]: `x = Wᵀ ⋆ y`, i.e. GEMM then col2im (data gradient of conv3d; forward of
+//!   conv_transpose3d, whose weight `[Ci_t, Co_t/groups, K]` is exactly a conv weight read this way),
+//! - [`backward_weight`]: `dW = y ⋆ x` (weight gradient of both).
+//!
+//! The column matrix is never materialised whole (at 96³ with 48 channels it would be 4.6 GB):
+//! work is cut into tiles of whole output rows, each tile is unfolded into a per-thread buffer that
+//! is reused, and multiplied with `gemm` single-threaded while rayon spreads tiles over cores.
+use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
+
+use crate::storage::SyncPtr;
+
+/// Target number of output positions per tile (columns of one GEMM).
+const TILE_POSITIONS: usize = 1024;
+
+/// Shapes and hyper-parameters of one 3-D convolution, in convolution terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub n: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub groups: usize,
+    /// Spatial size of the image side (conv input, or conv_transpose output).
+    pub img: [usize; 3],
+    /// Spatial size of the column side (conv output, or conv_transpose input).
+    pub out: [usize; 3],
+    pub k: [usize; 3],
+    pub stride: [usize; 3],
+    pub pad: [usize; 3],
+    pub dil: [usize; 3],
+}
+
+/// One tile: output plane `od`, output rows `oh0..oh1`, all of `Wo`.
+#[derive(Debug, Clone, Copy)]
+struct Tile {
+    od: usize,
+    oh0: usize,
+    oh1: usize,
+}
+
+impl ConvGeom {
+    fn ci_g(&self) -> usize {
+        self.ci / self.groups
+    }
+    fn co_g(&self) -> usize {
+        self.co / self.groups
+    }
+    fn kvol(&self) -> usize {
+        self.k.iter().product()
+    }
+    fn img_len(&self) -> usize {
+        self.img.iter().product()
+    }
+    fn out_len(&self) -> usize {
+        self.out.iter().product()
+    }
+    /// Rows of the unfolded matrix of one group: `Ci/groups · Kd·Kh·Kw`.
+    fn rows(&self) -> usize {
+        self.ci_g() * self.kvol()
+    }
+    pub(crate) fn weight_len(&self) -> usize {
+        self.co * self.rows()
+    }
+    pub(crate) fn image_numel(&self) -> usize {
+        self.n * self.ci * self.img_len()
+    }
+    pub(crate) fn column_numel(&self) -> usize {
+        self.n * self.co * self.out_len()
+    }
+
+    fn tiles_of_plane(&self, od: usize, out: &mut Vec<Tile>) {
+        let [_, ho, wo] = self.out;
+        let rows = (TILE_POSITIONS / wo.max(1)).clamp(1, ho.max(1));
+        let mut oh0 = 0;
+        while oh0 < ho {
+            let oh1 = (oh0 + rows).min(ho);
+            out.push(Tile { od, oh0, oh1 });
+            oh0 = oh1;
+        }
+    }
+
+    fn tiles(&self) -> Vec<Tile> {
+        let mut tiles = Vec::new();
+        for od in 0..self.out[0] {
+            self.tiles_of_plane(od, &mut tiles);
+        }
+        tiles
+    }
+
+    fn tile_len(&self, t: &Tile) -> usize {
+        (t.oh1 - t.oh0) * self.out[2]
+    }
+
+    fn tile_start(&self, t: &Tile) -> usize {
+        (t.od * self.out[1] + t.oh0) * self.out[2]
+    }
+
+    /// Output columns `[lo, hi)` along W whose input column `ow·s + off` lies inside the image.
+    fn valid_w(&self, off: isize) -> (usize, usize) {
+        let (s, wi, wo) = (self.stride[2] as isize, self.img[2] as isize, self.out[2] as isize);
+        let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
+        let hi = if wi - 1 - off < 0 { 0 } else { ((wi - 1 - off) / s + 1).min(wo) };
+        (lo.min(wo) as usize, hi.max(lo.min(wo)) as usize)
+    }
+
+    /// Visits every (row `r`, segment of output row, input row) of a tile's unfolded matrix for
+    /// the channels `c0..c0 + cb` of the image `x` (already offset to channel `c0`).
+    /// `f(r, j, input_row_start, lo, hi, off)` is called for in-image rows; `zero(r, j)` for rows
+    /// that fall into the padding entirely.
+    #[inline]
+    fn visit_tile(
+        &self,
+        cb: usize,
+        t: &Tile,
+        mut f: impl FnMut(usize, usize, usize, usize, usize, isize),
+        mut zero: impl FnMut(usize, usize),
+    ) {
+        let [di, hi, wi] = self.img.map(|v| v as isize);
+        let [k0, k1, k2] = self.k;
+        let img_len = self.img_len();
+        for c in 0..cb {
+            for kd in 0..k0 {
+                let id = (t.od * self.stride[0] + kd * self.dil[0]) as isize - self.pad[0] as isize;
+                for kh in 0..k1 {
+                    for kw in 0..k2 {
+                        let r = ((c * k0 + kd) * k1 + kh) * k2 + kw;
+                        let off = (kw * self.dil[2]) as isize - self.pad[2] as isize;
+                        let (lo, hi_w) = self.valid_w(off);
+                        for (j, oh) in (t.oh0..t.oh1).enumerate() {
+                            let ih = (oh * self.stride[1] + kh * self.dil[1]) as isize
+                                - self.pad[1] as isize;
+                            if id < 0 || id >= di || ih < 0 || ih >= hi || lo >= hi_w {
+                                zero(r, j);
+                            } else {
+                                let start = c * img_len + ((id * hi + ih) * wi) as usize;
+                                f(r, j, start, lo, hi_w, off);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unfolds channels `0..cb` of `x` for tile `t` into `buf` (`[cb·K, T]`, row-major).
+    fn im2col(&self, x: &[f32], cb: usize, t: &Tile, buf: &mut [f32]) {
+        let tl = self.tile_len(t);
+        let wo = self.out[2];
+        let s = self.stride[2];
+        let (bufp, buf_len) = (SyncPtr(buf.as_mut_ptr()), buf.len());
+        // SAFETY (both closures): the segment `r·T + j·Wo .. + Wo` lies inside `buf`, which has
+        // `cb·K·T` elements, and the closures never run concurrently.
+        let seg = move |r: usize, j: usize| {
+            debug_assert!(r * tl + (j + 1) * wo <= buf_len);
+            unsafe { std::slice::from_raw_parts_mut(bufp.ptr().add(r * tl + j * wo), wo) }
+        };
+        self.visit_tile(
+            cb,
+            t,
+            |r, j, start, lo, hi, off| {
+                let out = seg(r, j);
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                // Input index of output column ow is start + ow·s + off (≥ 0 for ow ≥ lo).
+                let first = (start as isize + (lo * s) as isize + off) as usize;
+                if s == 1 {
+                    out[lo..hi].copy_from_slice(&x[first..first + (hi - lo)]);
+                } else {
+                    for (i, o) in out[lo..hi].iter_mut().enumerate() {
+                        *o = x[first + i * s];
+                    }
+                }
+            },
+            |r, j| seg(r, j).fill(0.0),
+        );
+    }
+
+    /// Adds the unfolded tile `buf` (`[cb·K, T]`) back into channels `0..cb` of `x` (col2im).
+    fn col2im(&self, buf: &[f32], cb: usize, t: &Tile, x: &mut [f32]) {
+        let tl = self.tile_len(t);
+        let wo = self.out[2];
+        let s = self.stride[2];
+        self.visit_tile(
+            cb,
+            t,
+            |r, j, start, lo, hi, off| {
+                let seg = &buf[r * tl + j * wo..r * tl + (j + 1) * wo];
+                let first = (start as isize + (lo * s) as isize + off) as usize;
+                if s == 1 {
+                    for (o, v) in x[first..first + (hi - lo)].iter_mut().zip(&seg[lo..hi]) {
+                        *o += v;
+                    }
+                } else {
+                    for (i, v) in seg[lo..hi].iter().enumerate() {
+                        x[first + i * s] += v;
+                    }
+                }
+            },
+            |_, _| {},
+        );
+    }
+}
+
+/// `y = W ⋆ x`: `x` `[N, Ci, img]`, `w` `[Co, Ci/g, K]` → `y` `[N, Co, out]`.
+pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
+    let (img_len, out_len) = (g.img_len(), g.out_len());
+    let tiles = g.tiles();
+    let nt = tiles.len();
+    let mut y = vec![0f32; g.column_numel()];
+    let yp = SyncPtr(y.as_mut_ptr());
+    (0..g.n * g.groups * nt).into_par_iter().for_each_init(Vec::new, |buf: &mut Vec<f32>, task| {
+        let tile = &tiles[task % nt];
+        let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
+        let tl = g.tile_len(tile);
+        buf.resize(rows * tl, 0.0);
+        let xg = &x[(b * g.ci + gi * ci_g) * img_len..];
+        g.im2col(xg, ci_g, tile, buf);
+        let dst_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
+        // SAFETY: the destination block (co_g rows × tl columns, row stride out_len) belongs to
+        // this task alone; lhs/rhs extents match their strides.
+        unsafe {
+            gemm(
+                co_g,
+                tl,
+                rows,
+                yp.ptr().add(dst_off),
+                1,
+                out_len as isize,
+                false,
+                w.as_ptr().add(gi * co_g * rows),
+                1,
+                rows as isize,
+                buf.as_ptr(),
+                1,
+                tl as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            )
+        }
+    });
+    y
+}
+
+/// `dW = dy ⋆ x`: `x` `[N, Ci, img]`, `dy` `[N, Co, out]` → `dW` `[Co, Ci/g, K]`.
+pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
+    let (img_len, out_len) = (g.img_len(), g.out_len());
+    let tiles = g.tiles();
+    let nt = tiles.len();
+    let tasks = g.n * g.groups * nt;
+    let wlen = g.weight_len();
+    // One accumulator per worker, not per task: the weight of a 768→768 k3 conv is 64 MB.
+    let min_len = tasks.div_ceil(rayon::current_num_threads().max(1));
+    (0..tasks)
+        .into_par_iter()
+        .with_min_len(min_len.max(1))
+        .fold(
+            || (vec![0f32; wlen], Vec::<f32>::new()),
+            |(mut acc, mut buf), task| {
+                let tile = &tiles[task % nt];
+                let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
+                let tl = g.tile_len(tile);
+                buf.resize(rows * tl, 0.0);
+                g.im2col(&x[(b * g.ci + gi * ci_g) * img_len..], ci_g, tile, &mut buf);
+                let dy_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
+                // SAFETY: acc block [co_g × rows] of group gi is in bounds; dy block is
+                // co_g rows × tl columns with row stride out_len; buf is rows × tl.
+                unsafe {
+                    gemm(
+                        co_g,
+                        rows,
+                        tl,
+                        acc.as_mut_ptr().add(gi * co_g * rows),
+                        1,
+                        rows as isize,
+                        true,
+                        dy.as_ptr().add(dy_off),
+                        1,
+                        out_len as isize,
+                        buf.as_ptr(),
+                        tl as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        Parallelism::None,
+                    )
+                }
+                (acc, buf)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; wlen])
+}
+
+/// `dx = Wᵀ ⋆ dy` (GEMM + col2im): `dy` `[N, Co, out]`, `w` `[Co, Ci/g, K]` → `dx` `[N, Ci, img]`.
+///
+/// Tasks own disjoint parts of `dx`: slabs of output planes far enough apart that their input
+/// footprints cannot overlap (even slabs first, then odd ones), times input-channel blocks.
+pub(crate) fn backward_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (ci_g, co_g, rows, kvol) = (g.ci_g(), g.co_g(), g.rows(), g.kvol());
+    let (img_len, out_len) = (g.img_len(), g.out_len());
+    let mut dx = vec![0f32; g.image_numel()];
+    // Slabs of `sh` output planes; slabs two apart write disjoint input planes when
+    // (sh + 1)·s > (k − 1)·d.
+    let sh = ((g.k[0] - 1) * g.dil[0] / g.stride[0]).max(1);
+    let n_slabs = g.out[0].div_ceil(sh);
+    let per_phase = n_slabs.div_ceil(2);
+    let want = 2 * rayon::current_num_threads().max(1);
+    let outer = g.n * g.groups * per_phase;
+    let n_cblk = if outer >= want { 1 } else { want.div_ceil(outer).min(ci_g) };
+    let cblk = ci_g.div_ceil(n_cblk);
+    let n_cblk = ci_g.div_ceil(cblk);
+    let dxp = SyncPtr(dx.as_mut_ptr());
+    for phase in 0..2 {
+        let slabs: Vec<usize> = (phase..n_slabs).step_by(2).collect();
+        let ns = slabs.len();
+        (0..g.n * g.groups * n_cblk * ns).into_par_iter().for_each_init(
+            || (Vec::<f32>::new(), Vec::<Tile>::new()),
+            |(buf, tiles), task| {
+                let slab = slabs[task % ns];
+                let rest = task / ns;
+                let cbi = rest % n_cblk;
+                let (b, gi) = ((rest / n_cblk) / g.groups, (rest / n_cblk) % g.groups);
+                let c0 = cbi * cblk;
+                let cb = cblk.min(ci_g - c0);
+                let m = cb * kvol;
+                tiles.clear();
+                for od in slab * sh..((slab + 1) * sh).min(g.out[0]) {
+                    g.tiles_of_plane(od, tiles);
+                }
+                let x_off = (b * g.ci + gi * ci_g + c0) * img_len;
+                // SAFETY: this task is the only writer of channels c0..c0+cb of (b, gi) within
+                // the input planes reached from its slab (see the slab spacing above).
+                let dx_c =
+                    unsafe { std::slice::from_raw_parts_mut(dxp.ptr().add(x_off), cb * img_len) };
+                for tile in tiles.iter() {
+                    let tl = g.tile_len(tile);
+                    buf.resize(m * tl, 0.0);
+                    let dy_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
+                    // SAFETY: buf is m × tl; lhs reads w rows (gi·co_g + co) columns c0·K + r,
+                    // in bounds for r < m; rhs reads co_g rows × tl columns of dy.
+                    unsafe {
+                        gemm(
+                            m,
+                            tl,
+                            co_g,
+                            buf.as_mut_ptr(),
+                            1,
+                            tl as isize,
+                            false,
+                            w.as_ptr().add(gi * co_g * rows + c0 * kvol),
+                            rows as isize,
+                            1,
+                            dy.as_ptr().add(dy_off),
+                            1,
+                            out_len as isize,
+                            0.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            Parallelism::None,
+                        )
+                    }
+                    g.col2im(buf, cb, tile, dx_c);
+                }
+            },
+        );
+    }
+    dx
+}
+
+impl SyncPtr {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper, not the raw field.
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -1,0 +1,241 @@
+//! Differentiable normalisations: `instance_norm3d` and `layer_norm` (last dim).
+//!
+//! Both normalise contiguous rows (instance norm: `N·C` rows of `D·H·W` voxels; layer norm: rows of
+//! `C` channels) with a biased variance, so one custom op ([`NormalizeRows`]) with an analytic
+//! backward serves both. The optional affine part is composed from candle ops. References:
+//! [`instance_norm3d_reference`], [`layer_norm_reference`], composed from candle ops.
+use candle::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::simd::{sum_f32, sum_sq_dev};
+use crate::storage::f32_slice;
+
+/// Instance normalisation of `x` `[N, C, D, H, W]` (any rank ≥ 3): per sample and channel,
+/// biased variance over all spatial voxels, then `γ·x̂ + β` when `weight`/`bias` (`[C]`) are given.
+///
+/// Matches `torch.nn.functional.instance_norm` without running statistics. A single-voxel map
+/// normalises to zeros (PyTorch raises in training mode; callers that train should reject it).
+pub fn instance_norm3d(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let (c, spatial) = check_instance("instance_norm3d", x, weight, bias)?;
+    let dtype = x.dtype();
+    let y = x
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
+    affine(y, weight, bias, &channel_shape(x.rank(), c))?.to_dtype(dtype)
+}
+
+/// Layer normalisation over the last dimension with biased variance, then `γ·x̂ + β`.
+///
+/// Differentiable in all inputs, unlike candle-nn's fast `layer_norm` / `LayerNorm` module.
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = check_last("layer_norm", x, weight, bias)?;
+    let dtype = x.dtype();
+    let y = x
+        .to_dtype(DType::F32)?
+        .contiguous()?
+        .apply_op1(NormalizeRows { eps: eps as f32, len: c })?;
+    affine(y, weight, bias, &[c])?.to_dtype(dtype)
+}
+
+/// Composed reference of [`instance_norm3d`] (mean, centred square, sqrt, divide).
+pub fn instance_norm3d_reference(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let (c, _) = check_instance("instance_norm3d", x, weight, bias)?;
+    let dims: Vec<usize> = (2..x.rank()).collect();
+    let mean = x.mean_keepdim(dims.as_slice())?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(dims.as_slice())?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    affine(y, weight, bias, &channel_shape(x.rank(), c))
+}
+
+/// Composed reference of [`layer_norm`] (the same math as candle-nn's `layer_norm_slow`).
+pub fn layer_norm_reference(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let c = check_last("layer_norm", x, weight, bias)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    affine(y, weight, bias, &[c])
+}
+
+fn channel_shape(rank: usize, c: usize) -> Vec<usize> {
+    let mut s = vec![1; rank];
+    s[1] = c;
+    s
+}
+
+fn affine(y: Tensor, w: Option<&Tensor>, b: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
+    let y = match w {
+        Some(w) => y.broadcast_mul(&w.to_dtype(y.dtype())?.reshape(shape)?)?,
+        None => y,
+    };
+    match b {
+        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?.reshape(shape)?),
+        None => Ok(y),
+    }
+}
+
+fn check_params(op: &str, c: usize, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<()> {
+    for (name, t) in [("weight", w), ("bias", b)] {
+        if let Some(t) = t
+            && t.dims() != [c]
+        {
+            candle::bail!("{op}: {name} must have shape [{c}], got {:?}", t.dims())
+        }
+    }
+    Ok(())
+}
+
+fn check_instance(
+    op: &str,
+    x: &Tensor,
+    w: Option<&Tensor>,
+    b: Option<&Tensor>,
+) -> Result<(usize, usize)> {
+    if x.rank() < 3 || !x.dtype().is_float() {
+        candle::bail!(
+            "{op}: expected a float tensor [N, C, spatial…], got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )
+    }
+    let c = x.dim(1)?;
+    let spatial: usize = x.dims()[2..].iter().product();
+    if spatial == 0 {
+        candle::bail!("{op}: empty spatial extent in {:?}", x.dims())
+    }
+    check_params(op, c, w, b)?;
+    Ok((c, spatial))
+}
+
+fn check_last(op: &str, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<usize> {
+    if x.rank() == 0 || !x.dtype().is_float() || x.dim(D::Minus1)? == 0 {
+        candle::bail!(
+            "{op}: expected a float tensor with a non-empty last dim, got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )
+    }
+    let c = x.dim(D::Minus1)?;
+    check_params(op, c, w, b)?;
+    Ok(c)
+}
+
+/// Rows per rayon task so that each task touches at least ~16K elements.
+fn rows_per_task(len: usize) -> usize {
+    (16_384 / len.max(1)).max(1)
+}
+
+/// `(mean, 1/sqrt(var + eps))` of one row, accumulated in f64 over f32 lanes.
+fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = sum_f32(row) / n;
+    let var = sum_sq_dev(row, mean as f32) / n;
+    (mean as f32, (1.0 / (var + eps as f64).sqrt()) as f32)
+}
+
+/// `(x − mean) / sqrt(var + eps)` over contiguous rows of `len` elements.
+struct NormalizeRows {
+    eps: f32,
+    len: usize,
+}
+
+impl CustomOp1 for NormalizeRows {
+    fn name(&self) -> &'static str {
+        "normalize_rows"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s, l)?;
+        let mut y = vec![0f32; x.len()];
+        let chunk = self.len * rows_per_task(self.len);
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(self.len).zip(xc.chunks(self.len)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for (o, v) in yr.iter_mut().zip(xr) {
+                    *o = (v - mean) * rstd;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let dy = dy.contiguous()?;
+        Ok(Some(x.apply_op2_no_bwd(&dy, &NormalizeRowsBackward { eps: self.eps, len: self.len })?))
+    }
+}
+
+/// `dx = rstd · (dy − mean(dy) − x̂ · mean(dy · x̂))` per row, from `(x, dy)`.
+struct NormalizeRowsBackward {
+    eps: f32,
+    len: usize,
+}
+
+impl CustomOp2 for NormalizeRowsBackward {
+    fn name(&self) -> &'static str {
+        "normalize_rows_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s1, l1)?;
+        let dy = f32_slice(self.name(), s2, l2)?;
+        let mut dx = vec![0f32; x.len()];
+        let chunk = self.len * rows_per_task(self.len);
+        let n = self.len as f64;
+        dx.par_chunks_mut(chunk).zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk))).for_each(
+            |(dxc, (xc, gc))| {
+                let rows =
+                    dxc.chunks_mut(self.len).zip(xc.chunks(self.len).zip(gc.chunks(self.len)));
+                for (dxr, (xr, gr)) in rows {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let mut sg = 0f64;
+                    let mut sgx = 0f64;
+                    for part in 0..xr.len().div_ceil(1024) {
+                        let r = part * 1024..((part + 1) * 1024).min(xr.len());
+                        let (mut a, mut b) = (0f32, 0f32);
+                        for (v, g) in xr[r.clone()].iter().zip(&gr[r]) {
+                            a += g;
+                            b += g * (v - mean) * rstd;
+                        }
+                        sg += a as f64;
+                        sgx += b as f64;
+                    }
+                    let (mg, mgx) = ((sg / n) as f32, (sgx / n) as f32);
+                    for ((o, v), g) in dxr.iter_mut().zip(xr).zip(gr) {
+                        let xh = (v - mean) * rstd;
+                        *o = rstd * (g - mg - xh * mgx);
+                    }
+                }
+            },
+        );
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}

@@ -1,0 +1,27 @@
+//! Helpers to read candle CPU storages as contiguous slices inside custom ops.
+use candle::{CpuStorage, Layout, Result};
+
+/// The contiguous f32 slice behind `storage`/`layout`, or an error naming `op`.
+///
+/// Every public op makes its inputs contiguous before applying a custom op, so a strided layout
+/// here is an internal bug, reported as an error rather than a panic.
+pub(crate) fn f32_slice<'a>(
+    op: &'static str,
+    storage: &'a CpuStorage,
+    layout: &Layout,
+) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle::bail!("{op}: expected a contiguous f32 input, got layout {layout:?}"),
+    }
+}
+
+/// A raw pointer that may be shared across rayon tasks that write disjoint regions.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
+
+// SAFETY: users of `SyncPtr` guarantee that concurrent tasks write disjoint elements.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}

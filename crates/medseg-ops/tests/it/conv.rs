@@ -1,0 +1,160 @@
+//! conv3d / conv_transpose3d: fast vs reference, finite differences, validation.
+use candle::{DType, Tensor};
+use medseg_ops::{
+    Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_reference, conv3d,
+    conv3d_reference,
+};
+
+use crate::{check_fast_vs_reference, check_finite_differences, rand};
+
+fn conv_cases() -> Vec<(&'static str, [usize; 5], [usize; 5], Conv3dConfig, bool)> {
+    let c = Conv3dConfig::default();
+    vec![
+        ("k3 s1 p1", [2, 3, 6, 5, 7], [4, 3, 3, 3, 3], Conv3dConfig::uniform(1, 1), false),
+        ("k1", [1, 5, 4, 4, 4], [6, 5, 1, 1, 1], c, true),
+        ("k2 s2 patch embed", [1, 2, 8, 6, 4], [6, 2, 2, 2, 2], Conv3dConfig::uniform(2, 0), true),
+        (
+            "mixed stride/pad/dilation, groups 2",
+            [2, 4, 7, 6, 9],
+            [6, 2, 3, 2, 3],
+            Conv3dConfig { stride: [2, 1, 3], padding: [1, 0, 2], dilation: [1, 2, 2], groups: 2 },
+            true,
+        ),
+        (
+            "large tile (W > tile rows)",
+            [1, 2, 3, 40, 70],
+            [3, 2, 3, 3, 3],
+            Conv3dConfig::uniform(1, 1),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn conv3d_fast_matches_reference() {
+    for (i, (name, xs, ws, cfg, with_bias)) in conv_cases().into_iter().enumerate() {
+        let s = 100 * i as u64;
+        let mut inputs = vec![rand(&xs, s), rand(&ws, s + 1)];
+        if with_bias {
+            inputs.push(rand(&[ws[0]], s + 2));
+        }
+        let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+        let reference = |t: &[Tensor]| conv3d_reference(&t[0], &t[1], t.get(2), &cfg);
+        check_fast_vs_reference(name, &fast, &reference, &inputs, 2e-5);
+    }
+}
+
+fn transpose_cases() -> Vec<(&'static str, [usize; 5], [usize; 5], ConvTranspose3dConfig, bool)> {
+    vec![
+        ("k2 s2 up", [2, 4, 3, 4, 2], [4, 3, 2, 2, 2], ConvTranspose3dConfig::uniform(2), false),
+        (
+            "k3 s2 p1 op1 bias",
+            [1, 3, 3, 2, 4],
+            [3, 2, 3, 3, 3],
+            ConvTranspose3dConfig {
+                stride: [2; 3],
+                padding: [1; 3],
+                output_padding: [1, 0, 1],
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            "groups 2 dilation 2 stride (1,2,3)",
+            [1, 4, 3, 3, 2],
+            [4, 3, 2, 3, 2],
+            ConvTranspose3dConfig {
+                stride: [1, 2, 3],
+                padding: [0, 1, 0],
+                output_padding: [0, 1, 2],
+                dilation: [2, 1, 2],
+                groups: 2,
+            },
+            true,
+        ),
+    ]
+}
+
+#[test]
+fn conv_transpose3d_fast_matches_reference() {
+    for (i, (name, xs, ws, cfg, with_bias)) in transpose_cases().into_iter().enumerate() {
+        let s = 1000 + 100 * i as u64;
+        let mut inputs = vec![rand(&xs, s), rand(&ws, s + 1)];
+        if with_bias {
+            inputs.push(rand(&[ws[1] * cfg.groups], s + 2));
+        }
+        let fast = |t: &[Tensor]| conv_transpose3d(&t[0], &t[1], t.get(2), &cfg);
+        let reference = |t: &[Tensor]| conv_transpose3d_reference(&t[0], &t[1], t.get(2), &cfg);
+        check_fast_vs_reference(name, &fast, &reference, &inputs, 2e-5);
+    }
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() {
+    let cfg =
+        Conv3dConfig { stride: [2, 1, 1], padding: [1, 1, 0], dilation: [1, 1, 2], groups: 1 };
+    let inputs = [rand(&[1, 2, 4, 3, 5], 1), rand(&[2, 2, 3, 2, 2], 2), rand(&[2], 3)];
+    let reference = |t: &[Tensor]| conv3d_reference(&t[0], &t[1], t.get(2), &cfg);
+    check_finite_differences("conv3d reference f64", &reference, &inputs, DType::F64, 1e-4, 1e-7);
+    // The convolution is linear in each input, so f32 differences with a large step are exact up
+    // to rounding.
+    let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+    check_finite_differences("conv3d fast f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+
+    let tcfg = ConvTranspose3dConfig {
+        stride: [2, 1, 2],
+        padding: [0, 1, 1],
+        output_padding: [1, 0, 0],
+        ..Default::default()
+    };
+    let inputs = [rand(&[1, 2, 2, 3, 3], 4), rand(&[2, 2, 2, 3, 3], 5), rand(&[2], 6)];
+    let reference = |t: &[Tensor]| conv_transpose3d_reference(&t[0], &t[1], t.get(2), &tcfg);
+    check_finite_differences("conv_t reference f64", &reference, &inputs, DType::F64, 1e-4, 1e-7);
+    let fast = |t: &[Tensor]| conv_transpose3d(&t[0], &t[1], t.get(2), &tcfg);
+    check_finite_differences("conv_t fast f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+}
+
+#[test]
+fn conv3d_keeps_half_dtypes() {
+    let x = rand(&[1, 2, 4, 4, 4], 9);
+    let w = rand(&[3, 2, 3, 3, 3], 10);
+    let cfg = Conv3dConfig::uniform(1, 1);
+    let y32 = conv3d(&x, &w, None, &cfg).unwrap();
+    for dt in [DType::BF16, DType::F16, DType::F64] {
+        let y = conv3d(&x.to_dtype(dt).unwrap(), &w.to_dtype(dt).unwrap(), None, &cfg).unwrap();
+        assert_eq!(y.dtype(), dt);
+        medseg_testkit::assert_close(
+            "half conv",
+            &y.to_dtype(DType::F32).unwrap(),
+            &y32,
+            0.1,
+            0.02,
+        );
+    }
+}
+
+#[test]
+fn conv_rejects_bad_arguments() {
+    let x = rand(&[1, 4, 4, 4, 4], 1);
+    let err = |r: candle::Result<Tensor>| r.expect_err("must fail").to_string();
+    let c = Conv3dConfig::default();
+    assert!(
+        err(conv3d(&rand(&[4, 4, 4, 4], 1), &rand(&[2, 4, 1, 1, 1], 2), None, &c)).contains("5-D")
+    );
+    assert!(err(conv3d(&x, &rand(&[2, 3, 1, 1, 1], 2), None, &c)).contains("groups"));
+    let g3 = Conv3dConfig { groups: 3, ..c };
+    assert!(err(conv3d(&x, &rand(&[3, 1, 1, 1, 1], 2), None, &g3)).contains("divisible"));
+    assert!(err(conv3d(&x, &rand(&[2, 4, 5, 1, 1], 2), None, &c)).contains("smaller than"));
+    assert!(err(conv3d(&x, &rand(&[2, 4, 1, 1, 1], 2), Some(&rand(&[3], 3)), &c)).contains("bias"));
+    let s0 = Conv3dConfig { stride: [0, 1, 1], ..c };
+    assert!(err(conv3d(&x, &rand(&[2, 4, 1, 1, 1], 2), None, &s0)).contains("≥ 1"));
+    let t =
+        ConvTranspose3dConfig { output_padding: [2, 0, 0], ..ConvTranspose3dConfig::uniform(2) };
+    assert!(
+        err(conv_transpose3d(&x, &rand(&[4, 2, 2, 2, 2], 2), None, &t)).contains("output_padding")
+    );
+    assert!(
+        err(conv_transpose3d(&x, &rand(&[3, 2, 2, 2, 2], 2), None, &t)).contains("weight"),
+        "transposed weight must be [Ci, Co/g, k…]"
+    );
+}

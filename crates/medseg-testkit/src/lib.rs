@@ -1,0 +1,147 @@
+//! Test helpers shared by the medseg crates.
+//!
+//! Nothing here is used outside tests: tolerance checks that name the worst element, seeded
+//! random tensors, f64 finite differences, gradient-coverage checks and fixture locations.
+use std::path::{Path, PathBuf};
+
+use candle::{DType, Device, Result, Tensor, Var, backprop::GradStore};
+use candle_nn::VarMap;
+
+/// A deterministic tensor with entries uniform in `[-1, 1)` (xorshift64*, seeded).
+pub fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+            ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, device)
+}
+
+/// Maximum absolute difference and the flat index where it occurs.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<(f64, usize)> {
+    if a.dims() != b.dims() {
+        candle::bail!("shape mismatch: {:?} vs {:?}", a.dims(), b.dims())
+    }
+    let a = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let b = b.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let mut worst = (0.0, 0);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let d = (x - y).abs();
+        if d > worst.0 || d.is_nan() {
+            worst = (if d.is_nan() { f64::INFINITY } else { d }, i);
+        }
+    }
+    Ok(worst)
+}
+
+/// Asserts `|a − b| ≤ atol + rtol·|b|` elementwise; the panic message names the worst element.
+#[track_caller]
+pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, atol: f64, rtol: f64) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes differ");
+    let av = a.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).expect("a");
+    let bv = b.to_dtype(DType::F64).and_then(|t| t.flatten_all()?.to_vec1::<f64>()).expect("b");
+    let mut worst: Option<(f64, usize)> = None;
+    for (i, (x, y)) in av.iter().zip(&bv).enumerate() {
+        let excess = (x - y).abs() - (atol + rtol * y.abs());
+        if excess > 0.0 || x.is_nan() != y.is_nan() {
+            let e = if excess.is_nan() { f64::INFINITY } else { excess };
+            if worst.is_none_or(|(w, _)| e > w) {
+                worst = Some((e, i));
+            }
+        }
+    }
+    if let Some((_, i)) = worst {
+        panic!(
+            "{what}: element {i} differs: {} vs {} (atol {atol}, rtol {rtol}, shape {:?})",
+            av[i],
+            bv[i],
+            a.dims()
+        );
+    }
+}
+
+/// Central finite-difference gradient of the scalar `f(x)` with respect to `x`, computed in f64.
+///
+/// `f` receives an f64 tensor; `x` may be any float dtype. Costs `2·numel` evaluations, so keep
+/// `x` small (≤ a few hundred elements).
+pub fn finite_difference_grad(
+    f: impl Fn(&Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
+    let x64 = x.to_dtype(DType::F64)?;
+    let base = x64.flatten_all()?.to_vec1::<f64>()?;
+    let mut grad = Vec::with_capacity(base.len());
+    let eval = |v: &[f64]| -> Result<f64> {
+        let t = Tensor::from_slice(v, x.shape(), x.device())?;
+        f(&t)?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    };
+    let mut probe = base.clone();
+    for i in 0..base.len() {
+        probe[i] = base[i] + eps;
+        let up = eval(&probe)?;
+        probe[i] = base[i] - eps;
+        let down = eval(&probe)?;
+        probe[i] = base[i];
+        grad.push((up - down) / (2.0 * eps));
+    }
+    Tensor::from_vec(grad, x.shape(), x.device())
+}
+
+/// Names of the variables in `varmap` without a finite, not-all-zero gradient, with the reason.
+///
+/// candle ops without a backward (`softmax_last_dim`, `layer_norm`, the contiguous `LayerNorm`
+/// fast path) silently cut the graph; this finds every parameter behind such an op.
+pub fn vars_without_grad(varmap: &VarMap, grads: &GradStore) -> Vec<String> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut missing = Vec::new();
+    for name in names {
+        let var: &Var = &data[name];
+        match grads.get(var.as_tensor()) {
+            None => missing.push(format!("{name}: no gradient")),
+            Some(g) => {
+                let abs =
+                    g.abs().and_then(|a| a.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>());
+                match abs {
+                    Ok(s) if s.is_finite() && s > 0.0 => {}
+                    Ok(s) => missing.push(format!("{name}: gradient |sum| = {s}")),
+                    Err(e) => missing.push(format!("{name}: {e}")),
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// Asserts that every variable in `varmap` received a finite gradient that is not all zeros.
+#[track_caller]
+pub fn assert_all_vars_have_grad(varmap: &VarMap, grads: &GradStore) {
+    let missing = vars_without_grad(varmap, grads);
+    assert!(missing.is_empty(), "parameters without a usable gradient:\n{}", missing.join("\n"));
+}
+
+/// The shared real-data folder (`../shared/data` next to the checkout), or `None` after printing
+/// why the calling test is skipped.
+pub fn shared_data_dir(manifest_dir: &str) -> Option<PathBuf> {
+    let mut dir = Path::new(manifest_dir).to_path_buf();
+    // crates/<name> -> workspace root -> its parent holds shared/.
+    for _ in 0..3 {
+        let candidate = dir.join("shared").join("data");
+        if candidate.is_dir() {
+            return Some(candidate);
+        }
+        if !dir.pop() {
+            break;
+        }
+    }
+    eprintln!("skipped: ../shared/data not found next to the checkout (real CT fixtures absent)");
+    None
+}
