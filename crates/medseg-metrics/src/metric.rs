@@ -178,9 +178,9 @@ impl SegmentationMetric {
         check_geometry(gt.len(), "ground truth", dims, spacing)?;
         check_labels(pred, self.cfg.num_classes, "prediction")?;
         check_labels(gt, self.cfg.num_classes, "ground truth")?;
-        let stats = label_stats(pred, gt, dims, self.cfg.num_classes);
+        let stats = label_stats(pred, gt, self.cfg.num_classes);
         let src = LabelPair { pred, gt, dims };
-        let classes = score_classes(&src, &stats, &self.classes, spacing, &self.settings());
+        let classes = score_classes(&src, &stats, &self.classes, dims, spacing, &self.settings());
         Ok(CaseScores { name: name.to_string(), dims, spacing, classes })
     }
 
@@ -217,9 +217,10 @@ impl SegmentationMetric {
                 }
                 let p: Vec<u8> = pred.iter().map(|&v| u8::from(v > t)).collect();
                 let g: Vec<u8> = gt.iter().map(|&v| u8::from(v > t)).collect();
-                let stats = channel_stats(&p, &g, dims, c);
+                let stats = channel_stats(&p, &g, n, c);
                 let src = ChannelPair { pred: &p, gt: &g, dims };
-                let classes = score_classes(&src, &stats, &self.classes, spacing, &self.settings());
+                let classes =
+                    score_classes(&src, &stats, &self.classes, dims, spacing, &self.settings());
                 CaseScores { name: name.to_string(), dims, spacing, classes }
             }
         };
