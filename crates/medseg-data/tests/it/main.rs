@@ -2,7 +2,11 @@
 
 /// Paths and golden-file helpers.
 mod common;
+/// Datasets, phantom, loader, collate.
+mod data;
 /// NIfTI reading/writing against nibabel goldens, the shared CT cases and corrupt inputs.
 mod nifti;
+/// Random transforms: distributions and image/label alignment.
+mod random;
 /// Geometric and intensity functions against MONAI goldens.
 mod spatial;
