@@ -120,7 +120,7 @@ pub fn shifted_window_mask(
     device: &Device,
 ) -> Result<Tensor> {
     for a in 0..3 {
-        if window[a] == 0 || padded[a] % window[a] != 0 || shift[a] > window[a] {
+        if window[a] == 0 || !padded[a].is_multiple_of(window[a]) || shift[a] > window[a] {
             candle::bail!(
                 "shifted_window_mask: padded size {padded:?} must be a multiple of window {window:?} \
                  and shift {shift:?} at most the window"

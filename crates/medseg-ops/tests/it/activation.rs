@@ -5,17 +5,17 @@ use medseg_ops::{
     softmax_last_dim_reference,
 };
 
-use crate::{check_fast_vs_reference, check_finite_differences, rand};
+use crate::{OpFn, check_fast_vs_reference, check_finite_differences, rand};
 
 #[test]
 fn activations_fast_match_reference() {
     let x = (rand(&[4, 7, 343], 1) * 6.0).unwrap();
     let sm = |t: &[Tensor]| softmax_last_dim(&t[0]);
     let sm_ref = |t: &[Tensor]| softmax_last_dim_reference(&t[0]);
-    check_fast_vs_reference("softmax", &sm, &sm_ref, &[x.clone()], 1e-6);
+    check_fast_vs_reference("softmax", &sm, &sm_ref, std::slice::from_ref(&x), 1e-6);
     let g = |t: &[Tensor]| gelu(&t[0]);
     let g_ref = |t: &[Tensor]| gelu_reference(&t[0]);
-    check_fast_vs_reference("gelu", &g, &g_ref, &[x.clone()], 2e-6);
+    check_fast_vs_reference("gelu", &g, &g_ref, std::slice::from_ref(&x), 2e-6);
     let l = |t: &[Tensor]| leaky_relu(&t[0], 0.01);
     let l_ref = |t: &[Tensor]| leaky_relu_reference(&t[0], 0.01);
     check_fast_vs_reference("leaky relu", &l, &l_ref, &[x], 1e-7);
@@ -24,21 +24,21 @@ fn activations_fast_match_reference() {
 #[test]
 fn activation_gradients_match_finite_differences() {
     let x = (rand(&[3, 5], 2) * 3.0).unwrap();
-    let ops: [(&str, &dyn Fn(&[Tensor]) -> candle::Result<Tensor>); 3] = [
+    let ops: [(&str, OpFn); 3] = [
         ("softmax", &|t| softmax_last_dim(&t[0])),
         ("gelu", &|t| gelu(&t[0])),
         ("leaky relu", &|t| leaky_relu(&t[0], 0.2)),
     ];
     for (name, f) in ops {
-        check_finite_differences(name, f, &[x.clone()], DType::F32, 1e-2, 2e-3);
+        check_finite_differences(name, f, std::slice::from_ref(&x), DType::F32, 1e-2, 2e-3);
     }
-    let refs: [(&str, &dyn Fn(&[Tensor]) -> candle::Result<Tensor>); 3] = [
+    let refs: [(&str, OpFn); 3] = [
         ("softmax ref", &|t| softmax_last_dim_reference(&t[0])),
         ("gelu ref", &|t| gelu_reference(&t[0])),
         ("leaky relu ref", &|t| leaky_relu_reference(&t[0], 0.2)),
     ];
     for (name, f) in refs {
-        check_finite_differences(name, f, &[x.clone()], DType::F64, 1e-6, 1e-6);
+        check_finite_differences(name, f, std::slice::from_ref(&x), DType::F64, 1e-6, 1e-6);
     }
 }
 

@@ -16,7 +16,7 @@ fn interpolate_fast_matches_reference() {
                 &format!("{mode:?} {resize:?}"),
                 &fast,
                 &reference,
-                &[x.clone()],
+                std::slice::from_ref(&x),
                 1e-5,
             );
         }
@@ -28,7 +28,7 @@ fn interpolate_gradients_match_finite_differences() {
     let x = rand(&[1, 2, 3, 2, 3], 2);
     let f =
         |t: &[Tensor]| interpolate3d(&t[0], Resize::Size([5, 3, 4]), InterpolationMode::Trilinear);
-    check_finite_differences("trilinear", &f, &[x.clone()], DType::F32, 0.5, 1e-4);
+    check_finite_differences("trilinear", &f, std::slice::from_ref(&x), DType::F32, 0.5, 1e-4);
     let r = |t: &[Tensor]| {
         interpolate3d_reference(&t[0], Resize::Size([5, 3, 4]), InterpolationMode::Trilinear)
     };

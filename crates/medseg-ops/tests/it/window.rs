@@ -55,7 +55,7 @@ fn partition_and_reverse_match_loops() {
         0.5,
         1e-4,
     );
-    let (_, g) = output_and_grads(&f, &[x.clone()], 3);
+    let (_, g) = output_and_grads(&f, std::slice::from_ref(&x), 3);
     assert_eq!(g[0].dims(), x.dims());
 }
 

@@ -1,0 +1,63 @@
+//! `cargo xtask bench [ops|models|metrics|all]`: release benchmarks writing `target/bench/<suite>.json`,
+//! followed by the PyTorch/MONAI comparison script of the suite when the reference venv exists.
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::{cargo, project_root, reference_python, run_cmd};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Which suite to run.
+    #[arg(value_enum, default_value = "all")]
+    suite: Suite,
+    /// Extra arguments for the Rust benchmark binary (e.g. `--quick`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Suite {
+    Ops,
+    Models,
+    Metrics,
+    All,
+}
+
+/// (suite, package, example, comparison script)
+const SUITES: [(Suite, &str, &str, &str); 3] = [
+    (Suite::Ops, "medseg-ops", "bench_ops", "tools/bench/ops_torch.py"),
+    (Suite::Models, "medseg-models", "bench_models", "tools/bench/models_monai.py"),
+    (Suite::Metrics, "medseg-metrics", "bench_metrics", "tools/bench/metrics_monai.py"),
+];
+
+pub fn run(args: Args) -> Result<()> {
+    let root = project_root();
+    std::fs::create_dir_all(root.join("target/bench"))?;
+    for (suite, package, example, script) in SUITES {
+        if args.suite != Suite::All && args.suite != suite {
+            continue;
+        }
+        let crate_dir = package.trim_start_matches("medseg-");
+        let example_file = root.join(format!("crates/medseg-{crate_dir}/examples/{example}.rs"));
+        if !example_file.exists() {
+            eprintln!("skipping {package}: {} does not exist yet", example_file.display());
+            continue;
+        }
+        let json = format!("target/bench/{crate_dir}.json");
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "--quiet", "-p", package, "--example", example, "--"]);
+        cmd.args(["--out", &json]).args(&args.rest);
+        run_cmd(&mut cmd)?;
+        match reference_python() {
+            Some(py) if root.join(script).exists() => {
+                run_cmd(Command::new(py).args([script, "--rust-json", &json]))?
+            }
+            Some(_) => eprintln!("no comparison script {script}"),
+            None => eprintln!(
+                "no reference venv (~/.venvs/ref or MEDSEG_REF_PYTHON): skipping the PyTorch comparison"
+            ),
+        }
+    }
+    Ok(())
+}
