@@ -18,7 +18,7 @@
 //! metric.update(&pred, &gt, dims, [1.0, 1.0, 2.0])?;
 //! let report = metric.compute();
 //! assert_eq!(report.cases[0].classes[0].dice, 0.0);
-//! assert_eq!(report.cases[0].classes[0].surface.unwrap().hd, 2.0);
+//! assert_eq!(report.cases[0].classes[0].surface.map(|s| s.hd), Some(2.0));
 //! # Ok::<(), medseg_metrics::Error>(())
 //! ```
 mod case;
