@@ -6,7 +6,7 @@
 //! exactly what MONAI's `LoadImage` + `EnsureChannelFirst` produce.
 //!
 //! Tiers: pure functions ([`spatial`], [`intensity`]) → [`transforms::Transform`] structs →
-//! [`transforms::Compose`]; datasets ([`dataset`], [`phantom`]) → [`loader::Loader`]
+//! [`transforms::Compose`]; datasets ([`dataset`], [`totalseg`], [`phantom`], [`prepare`]) → [`loader::Loader`]
 //! → [`collate::Batch`] (the only place candle appears).
 pub mod affine;
 pub mod collate;
@@ -16,7 +16,10 @@ pub mod intensity;
 pub mod loader;
 pub mod nifti_io;
 pub mod phantom;
+pub mod prepare;
 pub mod spatial;
+pub mod totalseg;
+mod totalseg_classes;
 pub mod transforms;
 
 pub use affine::Affine;

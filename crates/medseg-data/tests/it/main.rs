@@ -6,6 +6,8 @@ mod common;
 mod data;
 /// NIfTI reading/writing against nibabel goldens, the shared CT cases and corrupt inputs.
 mod nifti;
+/// MSD / TotalSegmentator preparation on local archives.
+mod prepare;
 /// Random transforms: distributions and image/label alignment.
 mod random;
 /// Geometric and intensity functions against MONAI goldens.
