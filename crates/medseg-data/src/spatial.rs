@@ -595,3 +595,29 @@ pub fn centred_affine(
     let c: [f64; 3] = std::array::from_fn(|d| (shape[d] as f64 - 1.0) / 2.0);
     Affine::translation(c).matmul(&a).matmul(&Affine::translation(c.map(|v| -v)))
 }
+
+/// Maps a label prediction made on a preprocessed grid back onto the original image grid
+/// (`original_affine`, `original_shape`, e.g. from [`crate::transforms::Meta`]) by nearest-neighbour
+/// sampling in world space; voxels outside the prediction's field of view get 0. This inverts any
+/// chain of Orientation, Spacing, crops and pads at once, so the written prediction has exactly the
+/// input's shape and affine.
+pub fn labels_to_original_grid(
+    pred: &Volume<u8>,
+    original_affine: &Affine,
+    original_shape: [usize; 3],
+) -> Result<Volume<u8>> {
+    resample_to_grid(pred, original_affine, original_shape, Interp::Nearest, Padding::Zeros, |v| {
+        v as u8
+    })
+}
+
+/// Like [`labels_to_original_grid`] for continuous maps (probabilities, logits): trilinear, zero outside.
+pub fn image_to_original_grid(
+    pred: &Volume<f32>,
+    original_affine: &Affine,
+    original_shape: [usize; 3],
+) -> Result<Volume<f32>> {
+    resample_to_grid(pred, original_affine, original_shape, Interp::Linear, Padding::Zeros, |v| {
+        v as f32
+    })
+}

@@ -4,6 +4,8 @@
 mod common;
 /// Datasets, phantom, loader, collate.
 mod data;
+/// Mutation fuzzing of the NIfTI reader.
+mod fuzz;
 /// NIfTI reading/writing against nibabel goldens, the shared CT cases and corrupt inputs.
 mod nifti;
 /// MSD / TotalSegmentator preparation on local archives.
