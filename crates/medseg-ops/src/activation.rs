@@ -104,10 +104,8 @@ impl Unary {
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(yc, xc)| match self {
             // One monomorphic loop per variant so each vectorises.
-            Unary::Gelu => yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = Unary::Gelu.f(v)),
-            Unary::LeakyRelu(s) => {
-                yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = Unary::LeakyRelu(s).f(v))
-            }
+            Unary::Gelu => simd::map(xc, yc, |v| Unary::Gelu.f(v)),
+            Unary::LeakyRelu(s) => simd::map(xc, yc, |v| Unary::LeakyRelu(s).f(v)),
         });
         y
     }
@@ -116,14 +114,8 @@ impl Unary {
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))).for_each(
             |(oc, (xc, gc))| match self {
-                Unary::Gelu => oc
-                    .iter_mut()
-                    .zip(xc.iter().zip(gc))
-                    .for_each(|(o, (&v, &g))| *o = g * Unary::Gelu.df(v)),
-                Unary::LeakyRelu(s) => oc
-                    .iter_mut()
-                    .zip(xc.iter().zip(gc))
-                    .for_each(|(o, (&v, &g))| *o = g * Unary::LeakyRelu(s).df(v)),
+                Unary::Gelu => simd::map2(xc, gc, oc, |v, g| g * Unary::Gelu.df(v)),
+                Unary::LeakyRelu(s) => simd::map2(xc, gc, oc, |v, g| g * Unary::LeakyRelu(s).df(v)),
             },
         );
         dx
@@ -190,9 +182,7 @@ impl CustomOp1 for Softmax {
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
             for (yr, xr) in yc.chunks_mut(self.len).zip(xc.chunks(self.len)) {
                 let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = simd::exp(v - max);
-                }
+                simd::map(xr, yr, |v| simd::exp(v - max));
                 let inv = (1.0 / simd::sum_f32(yr)) as f32;
                 yr.iter_mut().for_each(|o| *o *= inv);
             }

@@ -361,6 +361,37 @@ fn conv_transpose_geom(
     })
 }
 
+/// For a stride-1, single-group convolution, the geometry of the forward convolution that
+/// computes its data gradient: input `dy`, weight `flip(Wᵀ)`, padding `d·(k − 1) − p`.
+fn data_grad_as_forward(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.groups != 1 || g.stride != [1; 3] {
+        return None;
+    }
+    let mut pad = [0; 3];
+    for a in 0..3 {
+        pad[a] = (g.dil[a] * (g.k[a] - 1)).checked_sub(g.pad[a])?;
+    }
+    Some(ConvGeom { ci: g.co, co: g.ci, img: g.out, out: g.img, pad, ..*g })
+}
+
+/// `[Co, Ci, kd, kh, kw]` → `[Ci, Co, kd, kh, kw]` reversed along the three kernel axes.
+fn flip_transpose(w: &Tensor) -> Result<Tensor> {
+    let (co, ci, k0, k1, k2) = w.dims5()?;
+    let v = w.flatten_all()?.to_vec1::<f32>()?;
+    let kv = k0 * k1 * k2;
+    let mut out = vec![0f32; v.len()];
+    for o in 0..co {
+        for i in 0..ci {
+            let src = &v[(o * ci + i) * kv..(o * ci + i + 1) * kv];
+            let dst = &mut out[(i * co + o) * kv..(i * co + o + 1) * kv];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src[kv - 1 - j];
+            }
+        }
+    }
+    Tensor::from_vec(out, (ci, co, k0, k1, k2), w.device())
+}
+
 /// conv3d as a custom op on (x, w).
 struct Conv3dOp(ConvGeom);
 
@@ -391,8 +422,15 @@ impl CustomOp2 for Conv3dOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let dx =
-            if x.track_op() { Some(dy.apply_op2_no_bwd(w, &Product::Data(self.0))?) } else { None };
+        let dx = match (x.track_op(), data_grad_as_forward(&self.0)) {
+            (false, _) => None,
+            // Stride 1: dx is a forward convolution of dy with the flipped, transposed weight,
+            // which runs at the forward product's speed (the col2im product has GEMM k = Co only).
+            (true, Some(g)) => {
+                Some(dy.apply_op2_no_bwd(&flip_transpose(w)?, &Product::Forward(g))?)
+            }
+            (true, None) => Some(dy.apply_op2_no_bwd(w, &Product::Data(self.0))?),
+        };
         let dw = x.apply_op2_no_bwd(&dy, &Product::Weight(self.0))?;
         Ok((dx, Some(dw)))
     }

@@ -4,7 +4,9 @@
 //! `C` channels) with a biased variance, so one custom op ([`NormalizeRows`]) with an analytic
 //! backward serves both. The optional affine part is composed from candle ops. References:
 //! [`instance_norm3d_reference`], [`layer_norm_reference`], composed from candle ops.
-use candle::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use candle::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use crate::simd::{sum_f32, sum_sq_dev};
@@ -41,6 +43,12 @@ pub fn layer_norm(
 ) -> Result<Tensor> {
     let c = check_last("layer_norm", x, weight, bias)?;
     let dtype = x.dtype();
+    if let (Some(w), Some(b)) = (weight, bias) {
+        // The common case (Swin blocks): one fused op, forward and backward.
+        let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
+        let op = LayerNormAffine { eps: eps as f32, len: c };
+        return f32c(x)?.apply_op3(&f32c(w)?, &f32c(b)?, op)?.to_dtype(dtype);
+    }
     let y = x
         .to_dtype(DType::F32)?
         .contiguous()?
@@ -237,5 +245,129 @@ impl CustomOp2 for NormalizeRowsBackward {
             },
         );
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Layer norm with affine parameters in one pass: `y = x̂·γ + β` over rows of `len`.
+struct LayerNormAffine {
+    eps: f32,
+    len: usize,
+}
+
+impl CustomOp3 for LayerNormAffine {
+    fn name(&self) -> &'static str {
+        "layer_norm_affine"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s1, l1)?;
+        let g = f32_slice(self.name(), s2, l2)?;
+        let b = f32_slice(self.name(), s3, l3)?;
+        let mut y = vec![0f32; x.len()];
+        let chunk = self.len * rows_per_task(self.len);
+        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
+            for (yr, xr) in yc.chunks_mut(self.len).zip(xc.chunks(self.len)) {
+                let (mean, rstd) = row_stats(xr, self.eps);
+                for (((o, v), g), b) in yr.iter_mut().zip(xr).zip(g).zip(b) {
+                    *o = (v - mean) * rstd * g + b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let op = LayerNormAffineBackward { eps: self.eps, len: self.len };
+        // One pass produces [dx (n) | dγ (len) | dβ (len)].
+        let packed = x.apply_op3_no_bwd(&dy.contiguous()?, g, &op)?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dg = packed.narrow(0, n, self.len)?;
+        let db = packed.narrow(0, n + self.len, self.len)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+/// Backward of [`LayerNormAffine`] from `(x, dy, γ)`: `dx = rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))`
+/// with `ĝ = dy·γ`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, packed into one flat output.
+struct LayerNormAffineBackward {
+    eps: f32,
+    len: usize,
+}
+
+impl CustomOp3 for LayerNormAffineBackward {
+    fn name(&self) -> &'static str {
+        "layer_norm_affine_backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s1, l1)?;
+        let dy = f32_slice(self.name(), s2, l2)?;
+        let g = f32_slice(self.name(), s3, l3)?;
+        let len = self.len;
+        let mut out = vec![0f32; x.len() + 2 * len];
+        let (dx, _) = out.split_at_mut(x.len());
+        let chunk = len * rows_per_task(len);
+        let inv_n = 1.0 / len as f32;
+        let (dg, db) = dx
+            .par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
+            .map(|(dxc, (xc, gc))| {
+                let mut dg = vec![0f32; len];
+                let mut db = vec![0f32; len];
+                let mut xh = vec![0f32; len];
+                let rows = dxc.chunks_mut(len).zip(xc.chunks(len).zip(gc.chunks(len)));
+                for (dxr, (xr, dyr)) in rows {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    let (mut s_g, mut s_gx) = (0f32, 0f32);
+                    for i in 0..len {
+                        xh[i] = (xr[i] - mean) * rstd;
+                        let gh = dyr[i] * g[i];
+                        s_g += gh;
+                        s_gx += gh * xh[i];
+                        dg[i] += dyr[i] * xh[i];
+                        db[i] += dyr[i];
+                    }
+                    let (mg, mgx) = (s_g * inv_n, s_gx * inv_n);
+                    for i in 0..len {
+                        dxr[i] = rstd * (dyr[i] * g[i] - mg - xh[i] * mgx);
+                    }
+                }
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0f32; len], vec![0f32; len]),
+                |(mut a, mut b), (c, d)| {
+                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                    b.iter_mut().zip(&d).for_each(|(b, d)| *b += d);
+                    (a, b)
+                },
+            );
+        out[x.len()..x.len() + len].copy_from_slice(&dg);
+        out[x.len() + len..].copy_from_slice(&db);
+        Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * len)))
     }
 }

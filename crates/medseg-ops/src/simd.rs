@@ -5,6 +5,82 @@
 
 const LANES: usize = 8;
 
+/// `y[i] = f(x[i])`, compiled for the best vector ISA of the running CPU (AVX-512, AVX2+FMA, or
+/// the x86-64 baseline); the repository never sets `target-cpu`, so this runtime dispatch is how
+/// `exp`/`erf` loops get wide vectors.
+#[inline(always)]
+pub(crate) fn map<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features enabled on `map_avx512`.
+            return unsafe { map_avx512(x, y, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above, for AVX2 + FMA.
+            return unsafe { map_avx2(x, y, f) };
+        }
+    }
+    map_plain(x, y, f)
+}
+
+/// `y[i] = f(a[i], b[i])`, dispatched like [`map`].
+#[inline(always)]
+pub(crate) fn map2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features enabled on `map2_avx512`.
+            return unsafe { map2_avx512(a, b, y, f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above, for AVX2 + FMA.
+            return unsafe { map2_avx2(a, b, y, f) };
+        }
+    }
+    map2_plain(a, b, y, f)
+}
+
+#[inline(always)]
+fn map_plain<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = f(v);
+    }
+}
+
+#[inline(always)]
+fn map2_plain<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
+    for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+        *o = f(u, v);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
+unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
+    map_plain(x, y, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
+    map_plain(x, y, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
+unsafe fn map2_avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
+    map2_plain(a, b, y, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn map2_avx2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
+    map2_plain(a, b, y, f)
+}
+
 /// Sum of `xs` in f64, accumulated as eight f32 lanes per 1024-element block.
 pub(crate) fn sum_f32(xs: &[f32]) -> f64 {
     xs.chunks(1024).map(|c| lane_sum(c, |v| v) as f64).sum()
