@@ -1,0 +1,2 @@
+//! The `train` binary (filled in below).
+fn main() {}
