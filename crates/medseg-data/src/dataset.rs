@@ -170,6 +170,16 @@ impl Datalist {
         Ok(Datalist { name, training, validation: vec![], test, labels: BTreeMap::new() })
     }
 
+    /// A [`NiftiDataset`] over `training`, labels checked against [`Datalist::num_classes`].
+    pub fn training_dataset(&self) -> NiftiDataset {
+        NiftiDataset::new(self.training.clone(), self.num_classes())
+    }
+
+    /// A [`NiftiDataset`] over `validation`.
+    pub fn validation_dataset(&self) -> NiftiDataset {
+        NiftiDataset::new(self.validation.clone(), self.num_classes())
+    }
+
     /// Moves a deterministic `fraction` of `training` into `validation` (shuffled by `seed`).
     pub fn split_validation(&mut self, fraction: f64, seed: u64) {
         use rand::SeedableRng;

@@ -12,13 +12,14 @@ use std::path::Path;
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
+use rayon::prelude::*;
 
 use crate::affine::{Affine, qform_linear, qform_quaternion};
 use crate::volume::{Dtype, Volume, Voxel};
 use crate::{Error, Result};
 
 /// Geometry and encoding facts of a NIfTI file, as found in its header.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NiftiInfo {
     /// Spatial shape `(X, Y, Z)` (`dim[1..=3]`; 2-D files get `Z = 1`).
     pub shape: [usize; 3],
@@ -55,18 +56,43 @@ impl Default for WriteOptions {
 
 const HEADER_SIZE: usize = 348;
 
-/// Reads the whole file, decompressing `.gz`.
-fn read_bytes(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
-        let mut out = Vec::with_capacity(raw.len().saturating_mul(3));
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| Error::nifti(path, format!("corrupt or truncated gzip stream: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(raw)
+/// Opens a NIfTI file as a byte stream, decompressing gzip (detected by its magic bytes).
+fn open_stream(path: &Path) -> Result<Box<dyn Read>> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let gz = {
+        let buf = std::io::BufRead::fill_buf(&mut r).map_err(|e| Error::io(path, e))?;
+        buf.len() >= 2 && buf[0] == 0x1f && buf[1] == 0x8b
+    };
+    Ok(if gz { Box::new(MultiGzDecoder::new(r)) } else { Box::new(r) })
+}
+
+/// Reads as many bytes as possible into `buf` (short only at end of stream).
+fn read_full(path: &Path, r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::nifti(path, format!("corrupt or truncated stream: {e}"))),
+        }
     }
+    Ok(n)
+}
+
+/// Reads the header (and skips to the voxel data).
+fn read_header(path: &Path, r: &mut dyn Read) -> Result<(nifti::NiftiHeader, NiftiInfo)> {
+    let mut hdr = [0u8; HEADER_SIZE];
+    let n = read_full(path, r, &mut hdr)?;
+    let (h, info, off) = parse_header(path, &hdr[..n])?;
+    let skip = (off - HEADER_SIZE) as u64;
+    let skipped = std::io::copy(&mut r.take(skip), &mut std::io::sink())
+        .map_err(|e| Error::nifti(path, format!("corrupt or truncated stream: {e}")))?;
+    if skipped != skip {
+        return Err(Error::nifti(path, format!("truncated before vox_offset {off}")));
+    }
+    Ok((h, info))
 }
 
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiInfo, usize)> {
@@ -171,11 +197,11 @@ fn best_affine(h: &nifti::NiftiHeader, shape: [usize; 3], pixdim: [f64; 3]) -> A
     }
 }
 
-/// Reads only the header of a NIfTI file (decompresses `.gz` fully).
+/// Reads only the header of a NIfTI file.
 pub fn read_info(path: impl AsRef<Path>) -> Result<NiftiInfo> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    Ok(parse_header(path, &bytes)?.1)
+    let mut r = open_stream(path)?;
+    Ok(read_header(path, &mut r)?.1)
 }
 
 /// Reads a volume, converting voxels exactly into `T` (after `scl_slope`/`scl_inter`).
@@ -187,126 +213,141 @@ pub fn read_volume<T: Voxel>(path: impl AsRef<Path>) -> Result<Volume<T>> {
 }
 
 /// Like [`read_volume`], also returning the header facts.
+///
+/// The voxel data is streamed: blocks of `TILE` k-planes are decompressed, then converted and
+/// reordered from Fortran to C order in parallel, so only the output is held in memory.
 pub fn read_nifti<T: Voxel>(path: impl AsRef<Path>) -> Result<(Volume<T>, NiftiInfo)> {
     let path = path.as_ref();
-    let bytes = read_bytes(path)?;
-    let (h, info, off) = parse_header(path, &bytes)?;
-    let n: usize = info.shape.iter().product();
-    let need = n.checked_mul(info.dtype.size()).and_then(|b| b.checked_add(off));
-    let need =
-        need.ok_or_else(|| Error::nifti(path, format!("dimensions {:?} overflow", info.shape)))?;
-    if bytes.len() < need {
-        return Err(Error::nifti(
-            path,
-            format!(
-                "truncated: header promises {} voxels of {:?} at offset {off} ({need} bytes), file has {}",
-                n,
-                info.dtype,
-                bytes.len()
-            ),
-        ));
-    }
+    let mut r = open_stream(path)?;
+    let (h, info) = read_header(path, &mut r)?;
+    let [nx, ny, nz] = info.shape;
+    let n = nx
+        .checked_mul(ny)
+        .and_then(|v| v.checked_mul(nz))
+        .filter(|v| v.checked_mul(info.dtype.size()).is_some())
+        .ok_or_else(|| Error::nifti(path, format!("dimensions {:?} overflow", info.shape)))?;
     let big = h.endianness == nifti::Endianness::Big;
-    let raw = &bytes[off..need];
-    let fortran = decode::<T>(path, raw, info.dtype, big, info.scaling, info.shape)?;
-    let data = fortran_to_c(&fortran, info.shape);
+    let size = info.dtype.size();
+    let slab = nx * ny * size; // bytes of one k-plane
+    // Never allocate more than the data actually present: the output grows block by block only
+    // after each block has been read in full.
+    let mut data: Vec<T> = Vec::new();
+    let mut buf = vec![0u8; slab * TILE.min(nz)];
+    let mut k0 = 0;
+    while k0 < nz {
+        let kb = TILE.min(nz - k0);
+        let want = slab * kb;
+        let got = read_full(path, &mut r, &mut buf[..want])?;
+        if got < want {
+            return Err(Error::nifti(
+                path,
+                format!(
+                    "truncated: header promises {n} voxels of {:?} ({} bytes) after vox_offset, stream ends after {}",
+                    info.dtype,
+                    n * size,
+                    k0 * slab + got
+                ),
+            ));
+        }
+        if data.is_empty() {
+            data = vec![T::default(); n];
+        }
+        decode_block(path, &buf[..want], info, big, k0, kb, &mut data)?;
+        k0 += kb;
+    }
     let vol = Volume::new(data, info.shape, info.affine)
         .ok_or_else(|| Error::nifti(path, "internal: decoded length mismatch"))?;
     Ok((vol, info))
 }
 
-macro_rules! decode_as {
-    ($raw:expr, $t:ty, $big:expr, $f:expr) => {{
-        const S: usize = std::mem::size_of::<$t>();
-        let f = $f;
-        $raw.chunks_exact(S)
-            .enumerate()
-            .map(|(idx, c)| {
-                let mut b = [0u8; S];
-                b.copy_from_slice(c);
-                let v = if $big { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) };
-                f(idx, v as f64)
-            })
-            .collect::<std::result::Result<Vec<_>, usize>>()
-    }};
-}
-
-fn decode<T: Voxel>(
+/// Converts `kb` k-planes (Fortran order, starting at plane `k0`) into `out` (C order), in parallel
+/// over slabs of `TILE` i-planes.
+fn decode_block<T: Voxel>(
     path: &Path,
     raw: &[u8],
-    dtype: Dtype,
+    info: NiftiInfo,
     big: bool,
-    (slope, inter): (f64, f64),
-    shape: [usize; 3],
-) -> Result<Vec<T>> {
-    let scaled = !(slope == 1.0 && inter == 0.0);
-    let conv = |idx: usize, v: f64| -> std::result::Result<T, usize> {
-        let v = if scaled { v * slope + inter } else { v };
-        T::from_f64_exact(v).ok_or(idx)
+    k0: usize,
+    kb: usize,
+    out: &mut [T],
+) -> Result<()> {
+    macro_rules! go {
+        ($t:ty) => {{
+            const S: usize = std::mem::size_of::<$t>();
+            let get = |b: &[u8]| -> f64 {
+                let mut a = [0u8; S];
+                a.copy_from_slice(b);
+                (if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }) as f64
+            };
+            decode_block_with::<T, S>(raw, info, k0, kb, out, get)
+        }};
+    }
+    let res = match info.dtype {
+        Dtype::U8 => go!(u8),
+        Dtype::I8 => go!(i8),
+        Dtype::U16 => go!(u16),
+        Dtype::I16 => go!(i16),
+        Dtype::U32 => go!(u32),
+        Dtype::I32 => go!(i32),
+        Dtype::U64 => go!(u64),
+        Dtype::I64 => go!(i64),
+        Dtype::F32 => go!(f32),
+        Dtype::F64 => go!(f64),
     };
-    let res = match dtype {
-        Dtype::U8 => decode_as!(raw, u8, big, conv),
-        Dtype::I8 => decode_as!(raw, i8, big, conv),
-        Dtype::U16 => decode_as!(raw, u16, big, conv),
-        Dtype::I16 => decode_as!(raw, i16, big, conv),
-        Dtype::U32 => decode_as!(raw, u32, big, conv),
-        Dtype::I32 => decode_as!(raw, i32, big, conv),
-        Dtype::U64 => decode_as!(raw, u64, big, conv),
-        Dtype::I64 => decode_as!(raw, i64, big, conv),
-        Dtype::F32 => decode_as!(raw, f32, big, conv),
-        Dtype::F64 => decode_as!(raw, f64, big, conv),
-    };
-    res.map_err(|idx| {
-        // Recompute the offending value for the message (Fortran order on disk).
-        let s = dtype.size();
-        let c = &raw[idx * s..idx * s + s];
-        let v = raw_value(c, dtype, big) * slope + inter;
-        let (nx, ny) = (shape[0], shape[1]);
-        let (i, j, k) = (idx % nx, (idx / nx) % ny, idx / (nx * ny));
-        Error::BadVoxels {
-            path: path.into(),
-            reason: format!(
-                "voxel ({i}, {j}, {k}) has value {v} which is not representable as {:?}",
-                T::DTYPE
-            ),
-        }
+    res.map_err(|(i, j, k, v)| Error::BadVoxels {
+        path: path.into(),
+        reason: format!(
+            "voxel ({i}, {j}, {k}) has value {v} which is not representable as {:?}",
+            T::DTYPE
+        ),
     })
 }
 
-fn raw_value(c: &[u8], dtype: Dtype, big: bool) -> f64 {
-    let mut b = [0u8; 8];
-    b[..c.len()].copy_from_slice(c);
-    if big {
-        b[..c.len()].reverse();
-    }
-    match dtype {
-        Dtype::U8 => b[0] as f64,
-        Dtype::I8 => b[0] as i8 as f64,
-        Dtype::U16 => u16::from_le_bytes([b[0], b[1]]) as f64,
-        Dtype::I16 => i16::from_le_bytes([b[0], b[1]]) as f64,
-        Dtype::U32 => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-        Dtype::I32 => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64,
-        Dtype::U64 => u64::from_le_bytes(b) as f64,
-        Dtype::I64 => i64::from_le_bytes(b) as f64,
-        Dtype::F64 => f64::from_le_bytes(b),
-    }
+type BadVoxel = (usize, usize, usize, f64);
+
+fn decode_block_with<T: Voxel, const S: usize>(
+    raw: &[u8],
+    info: NiftiInfo,
+    k0: usize,
+    kb: usize,
+    out: &mut [T],
+    get: impl Fn(&[u8]) -> f64 + Sync,
+) -> std::result::Result<(), BadVoxel> {
+    let [nx, ny, nz] = info.shape;
+    let plane = ny * nz;
+    let (slope, inter) = info.scaling;
+    let scaled = !(slope == 1.0 && inter == 0.0);
+    out.par_chunks_mut(TILE * plane).enumerate().try_for_each(|(t, slab)| {
+        let i0 = t * TILE;
+        let w = slab.len() / plane;
+        for kk in 0..kb {
+            for j in 0..ny {
+                let row = ((kk * ny + j) * nx + i0) * S;
+                let src = &raw[row..row + w * S];
+                for (ii, b) in src.chunks_exact(S).enumerate() {
+                    let mut v = get(b);
+                    if scaled {
+                        v = v * slope + inter;
+                    }
+                    slab[ii * plane + j * nz + k0 + kk] =
+                        T::from_f64_exact(v).ok_or((i0 + ii, j, k0 + kk, v))?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 const TILE: usize = 32;
 
-/// Fortran order (i fastest) → C order (k fastest), tiled over the (i, k) planes.
+/// Fortran order (i fastest) → C order (k fastest) (test helper; reading uses `decode_block`).
+#[cfg(test)]
 pub(crate) fn fortran_to_c<T: Copy + Default>(src: &[T], [nx, ny, nz]: [usize; 3]) -> Vec<T> {
     let mut dst = vec![T::default(); src.len()];
-    for j in 0..ny {
-        for k0 in (0..nz).step_by(TILE) {
-            for i0 in (0..nx).step_by(TILE) {
-                for k in k0..(k0 + TILE).min(nz) {
-                    let sbase = (k * ny + j) * nx;
-                    for i in i0..(i0 + TILE).min(nx) {
-                        dst[(i * ny + j) * nz + k] = src[sbase + i];
-                    }
-                }
+    for k in 0..nz {
+        for j in 0..ny {
+            for i in 0..nx {
+                dst[(i * ny + j) * nz + k] = src[(k * ny + j) * nx + i];
             }
         }
     }
@@ -391,6 +432,14 @@ pub fn atomic_write(
         let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
         write(&mut w).map_err(|e| Error::io(path, e))?;
         w.flush().map_err(|e| Error::io(path, e))?;
+    }
+    // tempfile creates 0600 files; outputs are ordinary data files.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
     }
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
