@@ -181,7 +181,7 @@ impl CustomOp1 for Softmax {
         let chunk = rows_chunk(self.len);
         y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
             for (yr, xr) in yc.chunks_mut(self.len).zip(xc.chunks(self.len)) {
-                let max = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let max = simd::max(xr);
                 simd::map(xr, yr, |v| simd::exp(v - max));
                 let inv = (1.0 / simd::sum_f32(yr)) as f32;
                 yr.iter_mut().for_each(|o| *o *= inv);
@@ -222,7 +222,7 @@ impl CustomOp2 for SoftmaxBackward {
                 let rows =
                     oc.chunks_mut(self.len).zip(yc.chunks(self.len).zip(gc.chunks(self.len)));
                 for (or, (yr, gr)) in rows {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                    let dot = simd::dot(yr, gr);
                     for ((o, &yv), &g) in or.iter_mut().zip(yr).zip(gr) {
                         *o = yv * (g - dot);
                     }

@@ -91,6 +91,34 @@ pub(crate) fn sum_sq_dev(xs: &[f32], mean: f32) -> f64 {
     xs.chunks(1024).map(|c| lane_sum(c, |v| (v - mean) * (v - mean)) as f64).sum()
 }
 
+/// `Σ a·b` over eight f32 lanes (rows of a few hundred elements; no f64 needed).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum over eight lanes (NaN-propagation is not needed: inputs are finite logits).
+#[inline(always)]
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let c = xs.chunks_exact(LANES);
+    let tail = c.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for x in c {
+        for l in 0..LANES {
+            acc[l] = if x[l] > acc[l] { x[l] } else { acc[l] };
+        }
+    }
+    acc.iter().copied().fold(tail, f32::max)
+}
+
 #[inline(always)]
 fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
@@ -181,6 +209,17 @@ mod tests {
         }
         assert_eq!(erf(10.0), 1.0);
         assert_eq!(erf(-10.0), -1.0);
+    }
+
+    #[test]
+    fn dot_and_max_match_plain_loops() {
+        for n in [0, 1, 7, 8, 9, 343] {
+            let a: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let b: Vec<f32> = (0..n).map(|i| ((i * 13) % 7) as f32 * 0.5).collect();
+            let d: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - d).abs() < 1e-3, "n = {n}");
+            assert_eq!(max(&a), a.iter().copied().fold(f32::NEG_INFINITY, f32::max), "n = {n}");
+        }
     }
 
     #[test]
