@@ -1,7 +1,9 @@
 //! The batch boundary: samples → candle tensors `[B, 1, D, H, W]`.
 use candle::{Device, Tensor};
 
+use crate::affine::Affine;
 use crate::transforms::{Meta, Sample};
+use crate::volume::Volume;
 use crate::{Error, Result};
 
 /// A collated batch (CPU tensors; the trainer moves them to its device).
@@ -13,6 +15,8 @@ pub struct Batch {
     pub label: Option<Tensor>,
     /// Per-sample provenance, in batch order.
     pub meta: Vec<Meta>,
+    /// Per-sample voxel-to-world affine of the (transformed) grid, for mapping predictions back.
+    pub affines: Vec<Affine>,
 }
 
 /// Stacks samples of identical shape into a [`Batch`] on `device`.
@@ -51,5 +55,29 @@ pub fn collate(samples: &[Sample], device: &Device) -> Result<Batch> {
     let dims = (samples.len(), 1, shape[0], shape[1], shape[2]);
     let image = Tensor::from_vec(img, dims, device)?; // [B, 1, D, H, W]
     let label = if with_label > 0 { Some(Tensor::from_vec(lbl, dims, device)?) } else { None };
-    Ok(Batch { image, label, meta: samples.iter().map(|s| s.meta.clone()).collect() })
+    Ok(Batch {
+        image,
+        label,
+        meta: samples.iter().map(|s| s.meta.clone()).collect(),
+        affines: samples.iter().map(|s| s.image.affine).collect(),
+    })
+}
+
+/// Writes a label prediction made on a preprocessed grid (`labels` in C order over `shape`, with that
+/// grid's `affine`, e.g. `Batch::affines[b]`) as a NIfTI on the original image grid of `meta`
+/// (same shape and affine as the input file; nearest neighbour in world space, 0 outside).
+pub fn write_prediction(
+    path: impl AsRef<std::path::Path>,
+    labels: Vec<u8>,
+    shape: [usize; 3],
+    affine: Affine,
+    meta: &Meta,
+) -> Result<Volume<u8>> {
+    let pred = Volume::new(labels, shape, affine).ok_or_else(|| {
+        Error::InvalidArgument(format!("prediction length does not match shape {shape:?}"))
+    })?;
+    let out =
+        crate::spatial::labels_to_original_grid(&pred, &meta.original_affine, meta.original_shape)?;
+    crate::nifti_io::write_volume(path, &out)?;
+    Ok(out)
 }

@@ -23,7 +23,7 @@ mod totalseg_classes;
 pub mod transforms;
 
 pub use affine::Affine;
-pub use collate::{Batch, collate};
+pub use collate::{Batch, collate, write_prediction};
 pub use dataset::{DataItem, Datalist, Dataset, NiftiDataset};
 pub use error::{Error, Result};
 pub use loader::{CacheMode, Loader, LoaderConfig, sample_rng};
