@@ -34,9 +34,10 @@ pub fn shift(data: &mut [f32], offset: f32) {
     data.iter_mut().for_each(|v| *v += offset);
 }
 
-/// Adds `N(mean, std²)` noise drawn from a ChaCha8 stream seeded by `seed`.
+/// Adds `N(mean, std²)` noise drawn from a ChaCha8 stream seeded by `seed` (a non-finite or
+/// non-positive `std` adds only `mean`).
 pub fn add_gaussian_noise(data: &mut [f32], mean: f32, std: f32, seed: u64) {
-    if std.is_nan() || std <= 0.0 {
+    if !std.is_finite() || std <= 0.0 {
         data.iter_mut().for_each(|v| *v += mean);
         return;
     }

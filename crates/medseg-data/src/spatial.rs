@@ -92,16 +92,19 @@ pub fn orient<T: Copy>(vol: &Volume<T>, axcodes: &str) -> Result<Volume<T>> {
     Ok(permute_flip(vol, perm, flip))
 }
 
-/// Flips along `axis` (0, 1 or 2).
+/// Flips along `axis` (0, 1 or 2; panics otherwise — callers validate user input).
 pub fn flip<T: Copy>(vol: &Volume<T>, axis: usize) -> Volume<T> {
+    assert!(axis < 3, "flip axis {axis} out of range");
     let mut f = [false; 3];
-    f[axis.min(2)] = true;
+    f[axis] = true;
     permute_flip(vol, [0, 1, 2], f)
 }
 
-/// `np.rot90(vol, k, axes=(a, b))` with `a != b` (spatial axes).
+/// `np.rot90(vol, k, axes=(a, b))` with `a != b` both in `0..3` (panics otherwise — callers
+/// validate user input).
 pub fn rot90<T: Copy>(vol: &Volume<T>, k: u32, axes: (usize, usize)) -> Volume<T> {
     let (a, b) = axes;
+    assert!(a < 3 && b < 3 && a != b, "rot90 axes {axes:?} invalid");
     let mut swap = [0usize, 1, 2];
     swap.swap(a, b);
     match k % 4 {

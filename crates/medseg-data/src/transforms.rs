@@ -291,6 +291,12 @@ impl RandFlip {
 
 impl Transform for RandFlip {
     fn apply(&self, s: Sample, rng: &mut dyn RngCore) -> Result<Sample> {
+        if self.axis > 2 {
+            return Err(Error::InvalidArgument(format!(
+                "RandFlip axis {} is not 0, 1 or 2",
+                self.axis
+            )));
+        }
         if !self.sample(rng) {
             return Ok(s);
         }
@@ -322,6 +328,13 @@ impl RandRotate90 {
 
 impl Transform for RandRotate90 {
     fn apply(&self, s: Sample, rng: &mut dyn RngCore) -> Result<Sample> {
+        let (a, b) = self.axes;
+        if a > 2 || b > 2 || a == b {
+            return Err(Error::InvalidArgument(format!(
+                "RandRotate90 axes {:?} must be two distinct of 0, 1, 2",
+                self.axes
+            )));
+        }
         let k = self.sample(rng);
         if k == 0 {
             return Ok(s);
@@ -391,6 +404,12 @@ pub struct RandGaussianNoise {
 
 impl Transform for RandGaussianNoise {
     fn apply(&self, mut s: Sample, rng: &mut dyn RngCore) -> Result<Sample> {
+        if !(self.std.is_finite() && self.std >= 0.0 && self.mean.is_finite()) {
+            return Err(Error::InvalidArgument(format!(
+                "RandGaussianNoise mean {} std {}",
+                self.mean, self.std
+            )));
+        }
         if fires(rng, self.prob) {
             let std = uniform(rng, 0.0, self.std) as f32;
             let seed = rng.next_u64();

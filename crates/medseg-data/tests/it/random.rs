@@ -148,3 +148,27 @@ fn zoom_and_affine_keep_the_shape() {
     let s = id.apply(ramp(), &mut rng).expect("id");
     assert_eq!(s.image, ramp().image);
 }
+
+#[test]
+fn invalid_parameters_are_errors() {
+    let mut rng = sample_rng(7, 0, 0);
+    assert!(RandFlip { prob: 1.0, axis: 3 }.apply(ramp(), &mut rng).is_err());
+    assert!(RandRotate90 { prob: 1.0, max_k: 3, axes: (1, 1) }.apply(ramp(), &mut rng).is_err());
+    assert!(
+        RandGaussianNoise { prob: 1.0, mean: 0.0, std: f64::INFINITY }
+            .apply(ramp(), &mut rng)
+            .is_err()
+    );
+    let bad = RandCropByPosNegLabel {
+        size: [4; 3],
+        pos: 0.0,
+        neg: 0.0,
+        num_samples: 1,
+        image_threshold: 0.0,
+    };
+    assert!(bad.apply_multi(ramp(), &mut rng).is_err());
+    let sir = ScaleIntensityRange { a_min: 1.0, a_max: 1.0, b_min: 0.0, b_max: 1.0, clip: true };
+    assert!(sir.apply(ramp(), &mut rng).is_err());
+    assert!(Spacing { pixdim: [0.0, 1.0, 1.0] }.apply(ramp(), &mut rng).is_err());
+    assert!(Orientation { axcodes: "XYZ".into() }.apply(ramp(), &mut rng).is_err());
+}
