@@ -3,7 +3,8 @@
 //! Prints, per op and shape, the median forward and forward+backward times with GFLOP/s (or
 //! GB/s for memory-bound ops) and writes them as JSON (`--out`, default `target/bench/ops.json`).
 //! `tools/bench/ops_torch.py --rust-json <file>` times the same cases in PyTorch and prints ratios.
-//! Run through `cargo xtask bench ops` (release build). `--quick` uses one repetition.
+//! Run through `cargo xtask bench ops` (release build). `--quick` uses one repetition,
+//! `--filter S` keeps cases whose op name contains S, `--no-tune` skips `tune_allocator()`.
 use std::time::Instant;
 
 use candle::{Device, Result, Tensor, Var};
@@ -131,8 +132,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let tuned = medseg_ops::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
+    // `--no-tune` measures what the glibc malloc tunables buy (fresh-page first touch).
+    let tuned = !args.iter().any(|a| a == "--no-tune") && medseg_ops::tune_allocator();
     let quick = args.iter().any(|a| a == "--quick");
     let out = args
         .iter()
