@@ -172,3 +172,36 @@ fn invalid_parameters_are_errors() {
     assert!(Spacing { pixdim: [0.0, 1.0, 1.0] }.apply(ramp(), &mut rng).is_err());
     assert!(Orientation { axcodes: "XYZ".into() }.apply(ramp(), &mut rng).is_err());
 }
+
+#[test]
+fn spatial_pad_and_crops_keep_world_coordinates() {
+    let s = ramp();
+    let mut rng = sample_rng(8, 0, 0);
+    let p = SpatialPad { size: [16, 9, 11] }.apply(s.clone(), &mut rng).expect("pad");
+    assert_eq!(p.image.shape(), [16, 10, 11], "larger axes untouched");
+    // Symmetric: (16 - 12) / 2 = 2 before on axis 0, (11 - 8) / 2 = 1 before on axis 2.
+    assert_eq!(p.image.at(2, 0, 1), s.image.at(0, 0, 0));
+    assert_eq!(p.image.at(0, 0, 0), 0.0);
+    assert_eq!(p.image.world([2.0, 0.0, 1.0]), s.image.world([0.0, 0.0, 0.0]));
+    let r = RandSpatialCropSamples { size: [5, 4, 3], num_samples: 3 };
+    let out = r.apply_multi(s.clone(), &mut rng).expect("crops");
+    assert_eq!(out.len(), 3);
+    for c in &out {
+        assert_eq!(c.image.shape(), [5, 4, 3]);
+        // The crop's first voxel is the source voxel at the same world position.
+        let w = c.image.world([0.0; 3]);
+        let idx = s.image.affine.inverse().expect("inv").apply(w).map(|x| x.round() as usize);
+        assert_eq!(c.image.at(0, 0, 0), s.image.at(idx[0], idx[1], idx[2]));
+        assert_eq!(
+            c.label.as_ref().expect("l").at(0, 0, 0),
+            s.label.as_ref().expect("l").at(idx[0], idx[1], idx[2])
+        );
+    }
+    let c = medseg_data::spatial::resize_with_pad_or_crop(&s.image, [8, 12, 8], -1.0);
+    assert_eq!(c.shape(), [8, 12, 8]);
+    assert_eq!(
+        c.at(0, 1, 0),
+        s.image.at(2, 0, 0),
+        "centre crop start 12/2 - 8/2 = 2, pad 1 before"
+    );
+}
