@@ -14,6 +14,8 @@ use medseg_ops::{
 };
 use medseg_testkit::random_tensor;
 
+type OpFn = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
+
 /// One benchmark case: inputs, the op, and its work for the throughput column.
 struct Case {
     name: &'static str,
@@ -24,7 +26,7 @@ struct Case {
     flops: f64,
     /// Bytes read + written by one forward (used when `flops` is 0).
     bytes: f64,
-    run: Box<dyn Fn(&[Tensor]) -> Result<Tensor>>,
+    run: OpFn,
 }
 
 fn conv_flops(co: usize, ci: usize, k: usize, out_vox: usize) -> f64 {

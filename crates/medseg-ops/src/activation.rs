@@ -2,11 +2,11 @@
 //!
 //! candle-nn's fast `softmax_last_dim` cuts the autograd graph; these ops keep it. Each has a
 //! composed reference (`*_reference`) built from candle ops with candle's own backward.
-use candle::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, CustomOp2, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::simd;
-use crate::storage::f32_slice;
+use crate::storage::{f32_contiguous, f32_slice};
 
 /// Elements per rayon task for element-wise kernels.
 const CHUNK: usize = 32_768;
@@ -22,7 +22,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     }
     let len = x.dim(D::Minus1)?;
     let dtype = x.dtype();
-    x.to_dtype(DType::F32)?.contiguous()?.apply_op1(Softmax { len })?.to_dtype(dtype)
+    f32_contiguous(x)?.apply_op1(Softmax { len })?.to_dtype(dtype)
 }
 
 /// GELU with the exact erf form, `0.5·x·(1 + erf(x/√2))` (PyTorch's and MONAI's default).
@@ -56,7 +56,7 @@ fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
         candle::bail!("{}: expected a float tensor, got {:?}", op.name(), x.dtype())
     }
     let dtype = x.dtype();
-    x.to_dtype(DType::F32)?.contiguous()?.apply_op1(op)?.to_dtype(dtype)
+    f32_contiguous(x)?.apply_op1(op)?.to_dtype(dtype)
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -3,10 +3,10 @@
 //! Fast path: the tiled im2col + GEMM kernels of `conv_kernels` wrapped as candle custom ops with
 //! backward. Reference: [`conv3d_reference`] / [`conv_transpose3d_reference`], composed from
 //! differentiable candle ops (pad, index_select, matmul), used as the test oracle.
-use candle::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use crate::conv_kernels::{self, ConvGeom};
-use crate::storage::f32_slice;
+use crate::storage::{f32_contiguous, f32_slice};
 
 /// Hyper-parameters of [`conv3d`], per spatial axis (D, H, W); mirrors `torch.nn.functional.conv3d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +67,7 @@ impl ConvTranspose3dConfig {
 /// Output `[N, Co, Do, Ho, Wo]` with `Do = (D + 2p − d·(k − 1) − 1) / s + 1` per axis.
 /// f32 runs natively; other float dtypes are computed in f32 and cast back.
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
-    let geom = conv_geom(x, w, bias, cfg)?;
-    let dtype = x.dtype();
-    let y = x
-        .to_dtype(DType::F32)?
-        .contiguous()?
-        .apply_op2(&w.to_dtype(DType::F32)?.contiguous()?, Conv3dOp(geom))?;
-    add_bias(y, bias)?.to_dtype(dtype)
+    apply_conv(x, w, bias, Conv3dOp(conv_geom(x, w, bias, cfg)?))
 }
 
 /// Transposed 3-D convolution. `x` `[N, Ci, D, H, W]`, `w` `[Ci, Co/groups, Kd, Kh, Kw]`.
@@ -87,13 +81,18 @@ pub fn conv_transpose3d(
     bias: Option<&Tensor>,
     cfg: &ConvTranspose3dConfig,
 ) -> Result<Tensor> {
-    let geom = conv_transpose_geom(x, w, bias, cfg)?;
-    let dtype = x.dtype();
-    let y = x
-        .to_dtype(DType::F32)?
-        .contiguous()?
-        .apply_op2(&w.to_dtype(DType::F32)?.contiguous()?, ConvTranspose3dOp(geom))?;
-    add_bias(y, bias)?.to_dtype(dtype)
+    apply_conv(x, w, bias, ConvTranspose3dOp(conv_transpose_geom(x, w, bias, cfg)?))
+}
+
+/// Runs a convolution op in f32 on contiguous inputs, adds the bias, casts back to `x`'s dtype.
+fn apply_conv(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    op: impl CustomOp2 + Send + Sync + 'static,
+) -> Result<Tensor> {
+    let y = f32_contiguous(x)?.apply_op2(&f32_contiguous(w)?, op)?;
+    add_bias(y, bias)?.to_dtype(x.dtype())
 }
 
 /// Composed, obviously-correct [`conv3d`]: zero-pad, gather the receptive fields with one
@@ -367,10 +366,8 @@ fn data_grad_as_forward(g: &ConvGeom) -> Option<ConvGeom> {
     if g.groups != 1 || g.stride != [1; 3] {
         return None;
     }
-    let mut pad = [0; 3];
-    for a in 0..3 {
-        pad[a] = (g.dil[a] * (g.k[a] - 1)).checked_sub(g.pad[a])?;
-    }
+    let [p0, p1, p2] = [0, 1, 2].map(|a| (g.dil[a] * (g.k[a] - 1)).checked_sub(g.pad[a]));
+    let pad = [p0?, p1?, p2?];
     Some(ConvGeom { ci: g.co, co: g.ci, img: g.out, out: g.img, pad, ..*g })
 }
 

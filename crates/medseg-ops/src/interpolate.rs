@@ -5,10 +5,10 @@
 //! weights ([`Taps`]); nearest is the special case of one tap. The fast path gathers the 8 taps in
 //! one pass and scatters them back in backward; [`interpolate3d_reference`] applies the three axes
 //! one after the other with `index_select` and candle's autograd.
-use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::storage::f32_slice;
+use crate::storage::{f32_contiguous, f32_slice};
 
 /// Interpolation kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum Resize {
 pub fn interpolate3d(x: &Tensor, resize: Resize, mode: InterpolationMode) -> Result<Tensor> {
     let taps = plan(x, resize, mode)?;
     let dtype = x.dtype();
-    x.to_dtype(DType::F32)?.contiguous()?.apply_op1(Interpolate { taps })?.to_dtype(dtype)
+    f32_contiguous(x)?.apply_op1(Interpolate { taps })?.to_dtype(dtype)
 }
 
 /// Composed reference of [`interpolate3d`]: one axis at a time,

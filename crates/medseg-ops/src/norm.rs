@@ -4,13 +4,11 @@
 //! `C` channels) with a biased variance, so one custom op ([`NormalizeRows`]) with an analytic
 //! backward serves both. The optional affine part is composed from candle ops. References:
 //! [`instance_norm3d_reference`], [`layer_norm_reference`], composed from candle ops.
-use candle::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor,
-};
+use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::simd::{sum_f32, sum_sq_dev};
-use crate::storage::f32_slice;
+use crate::storage::{f32_contiguous, f32_slice};
 
 /// Instance normalisation of `x` `[N, C, D, H, W]` (any rank ≥ 3): per sample and channel,
 /// biased variance over all spatial voxels, then `γ·x̂ + β` when `weight`/`bias` (`[C]`) are given.
@@ -25,10 +23,7 @@ pub fn instance_norm3d(
 ) -> Result<Tensor> {
     let (c, spatial) = check_instance("instance_norm3d", x, weight, bias)?;
     let dtype = x.dtype();
-    let y = x
-        .to_dtype(DType::F32)?
-        .contiguous()?
-        .apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
+    let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
     affine(y, weight, bias, &channel_shape(x.rank(), c))?.to_dtype(dtype)
 }
 
@@ -45,14 +40,12 @@ pub fn layer_norm(
     let dtype = x.dtype();
     if let (Some(w), Some(b)) = (weight, bias) {
         // The common case (Swin blocks): one fused op, forward and backward.
-        let f32c = |t: &Tensor| t.to_dtype(DType::F32)?.contiguous();
         let op = LayerNormAffine { eps: eps as f32, len: c };
-        return f32c(x)?.apply_op3(&f32c(w)?, &f32c(b)?, op)?.to_dtype(dtype);
+        return f32_contiguous(x)?
+            .apply_op3(&f32_contiguous(w)?, &f32_contiguous(b)?, op)?
+            .to_dtype(dtype);
     }
-    let y = x
-        .to_dtype(DType::F32)?
-        .contiguous()?
-        .apply_op1(NormalizeRows { eps: eps as f32, len: c })?;
+    let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: c })?;
     affine(y, weight, bias, &[c])?.to_dtype(dtype)
 }
 

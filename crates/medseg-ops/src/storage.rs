@@ -1,5 +1,5 @@
 //! Helpers to read candle CPU storages as contiguous slices inside custom ops.
-use candle::{CpuStorage, Layout, Result};
+use candle::{CpuStorage, DType, Layout, Result, Tensor};
 
 /// The contiguous f32 slice behind `storage`/`layout`, or an error naming `op`.
 ///
@@ -15,6 +15,12 @@ pub(crate) fn f32_slice<'a>(
         Some((start, end)) => Ok(&data[start..end]),
         None => candle::bail!("{op}: expected a contiguous f32 input, got layout {layout:?}"),
     }
+}
+
+/// `t` as a contiguous f32 tensor: what every fast path's custom op reads. Differentiable (the
+/// dtype cast and copy carry candle's own backward).
+pub(crate) fn f32_contiguous(t: &Tensor) -> Result<Tensor> {
+    t.to_dtype(DType::F32)?.contiguous()
 }
 
 /// A raw pointer that may be shared across rayon tasks that write disjoint regions.

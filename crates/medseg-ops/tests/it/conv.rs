@@ -7,7 +7,10 @@ use medseg_ops::{
 
 use crate::{check_fast_vs_reference, check_finite_differences, rand};
 
-fn conv_cases() -> Vec<(&'static str, [usize; 5], [usize; 5], Conv3dConfig, bool)> {
+/// (name, input shape, weight shape, config, with bias)
+type Case<C> = (&'static str, [usize; 5], [usize; 5], C, bool);
+
+fn conv_cases() -> Vec<Case<Conv3dConfig>> {
     let c = Conv3dConfig::default();
     vec![
         ("k3 s1 p1", [2, 3, 6, 5, 7], [4, 3, 3, 3, 3], Conv3dConfig::uniform(1, 1), false),
@@ -44,7 +47,7 @@ fn conv3d_fast_matches_reference() {
     }
 }
 
-fn transpose_cases() -> Vec<(&'static str, [usize; 5], [usize; 5], ConvTranspose3dConfig, bool)> {
+fn transpose_cases() -> Vec<Case<ConvTranspose3dConfig>> {
     vec![
         ("k2 s2 up", [2, 4, 3, 4, 2], [4, 3, 2, 2, 2], ConvTranspose3dConfig::uniform(2), false),
         (
