@@ -1,0 +1,87 @@
+//! `medseg forward`: config JSON (MONAI argument names) + weights (.safetensors / .pt / .pth)
+//! + input safetensors (key `input`, `[B, C, D, H, W]`) → output safetensors (key `output`).
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use candle::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use medseg_models::loader::{load_into_varmap, read_checkpoint};
+use medseg_models::{MergeOrder, SwinUnetr, SwinUnetrConfig};
+
+/// Arguments of `medseg forward`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model config JSON with MONAI `SwinUNETR` argument names (Swin SMT: `use_moe`, ...).
+    #[arg(long)]
+    config: PathBuf,
+    /// Weights: .safetensors, or a PyTorch .pt/.pth (state dict, or under `state_dict`/`model`).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Input safetensors file with the tensor under key `input`.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output safetensors file; the result is written under key `output` (atomically).
+    #[arg(long)]
+    output: PathBuf,
+    /// Patch-merging order: legacy (MONAI < 1.5, all public checkpoints, Swin SMT), fixed
+    /// (MONAI ≥ 1.5 "merging"), v2 ("mergingv2"). Default: the config's `merge_order`, else the
+    /// file's metadata, else MONAI 1.6.1 semantics of `downsample`.
+    #[arg(long, value_parser = ["legacy", "fixed", "v2"])]
+    merge_order: Option<String>,
+    /// Accept checkpoints that lack some parameters (they keep their random initial values).
+    #[arg(long)]
+    allow_missing: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("reading config {}", args.config.display()))?;
+    let mut cfg = SwinUnetrConfig::from_json(&text)
+        .with_context(|| format!("parsing config {}", args.config.display()))?;
+    let ckpt = read_checkpoint(&args.weights)
+        .with_context(|| format!("reading weights {}", args.weights.display()))?;
+    if let Some(o) = &args.merge_order {
+        cfg.merge_order = Some(MergeOrder::parse(o)?);
+    } else if cfg.merge_order.is_none() {
+        cfg.merge_order = ckpt.merge_order;
+    }
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let model = SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
+        .context("building the model")?;
+    let report = load_into_varmap(&varmap, &ckpt)
+        .with_context(|| format!("loading weights {}", args.weights.display()))?;
+    eprint!("{report}");
+    if !report.missing.is_empty() && !args.allow_missing {
+        bail!(
+            "{} parameters missing from {} (pass --allow-missing to run anyway)",
+            report.missing.len(),
+            args.weights.display()
+        )
+    }
+    eprintln!("merge order: {:?}", cfg.resolved_merge_order());
+    let inputs = candle::safetensors::load(&args.input, &dev)
+        .with_context(|| format!("reading input {}", args.input.display()))?;
+    let Some(x) = inputs.get("input") else {
+        bail!("{} has no tensor named `input` (found {:?})", args.input.display(), inputs.keys())
+    };
+    if x.rank() != 5 {
+        bail!("input must be [B, C, D, H, W], got {:?}", x.dims())
+    }
+    let x = x.to_dtype(DType::F32)?;
+    let start = std::time::Instant::now();
+    let out = model.forward_t(&x, false).context("forward pass")?;
+    eprintln!("forward {:?} -> {:?} in {:.2?}", x.dims(), out.dims(), start.elapsed());
+    write_atomic(&out, &args.output)
+}
+
+/// Writes `{"output": out}` to a temporary file next to `path`, then renames it.
+fn write_atomic(out: &Tensor, path: &Path) -> anyhow::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    out.save_safetensors("output", &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! Forward and forward+backward time and peak RSS of SwinUNETR on CPU (f32, batch 1, random
+//! weights), one fresh child process per configuration so `VmHWM` is that configuration's peak.
+//!
+//! `cargo run --release -p medseg-models --example bench_models -- --out target/bench/models.json
+//!  [--configs fs12@64:fwd,fs12@64:train,...] [--reps 3]`
+//! Writes a JSON array of `{fs, size, mode, median_s, times_s, peak_rss_mb}`;
+//! `tools/bench/models_monai.py --rust-json PATH` times MONAI on the same list.
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use candle::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use medseg_models::{SwinUnetr, SwinUnetrConfig};
+
+/// The default list: fits in ≈ 5 min on 2 cores.
+const DEFAULT: &str = "fs12@64:fwd,fs12@64:train,fs24@64:fwd,fs24@64:train,fs48@96:fwd";
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn parse_spec(spec: &str) -> anyhow::Result<(usize, usize, String)> {
+    let (model, mode) = spec.split_once(':').unwrap_or((spec, "fwd"));
+    let (fs, size) = model
+        .strip_prefix("fs")
+        .and_then(|m| m.split_once('@'))
+        .ok_or_else(|| anyhow::anyhow!("bad config {spec:?}: expected fsN@S[:fwd|train]"))?;
+    if mode != "fwd" && mode != "train" {
+        anyhow::bail!("bad mode {mode:?} in {spec:?}: expected fwd or train")
+    }
+    Ok((fs.parse()?, size.parse()?, mode.to_string()))
+}
+
+/// Child: runs one configuration and prints one JSON object.
+fn child(spec: &str, reps: usize) -> anyhow::Result<()> {
+    medseg_ops::tune_allocator();
+    let (fs, size, mode) = parse_spec(spec)?;
+    let cfg = SwinUnetrConfig { feature_size: fs, ..SwinUnetrConfig::monai_default(1, 14) };
+    let varmap = VarMap::new();
+    let model = SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let x = Tensor::randn(0f32, 1f32, (1, 1, size, size, size), &Device::Cpu)?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        let out = model.forward_t(&x, mode == "train")?;
+        if mode == "train" {
+            let g = out.sqr()?.mean_all()?.backward()?;
+            drop(g);
+        }
+        drop(out);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let rec = serde_json::json!({
+        "fs": fs, "size": size, "mode": mode, "median_s": median, "times_s": times,
+        "peak_rss_mb": peak_rss_mb(), "threads": std::env::var("RAYON_NUM_THREADS").ok(),
+    });
+    println!("{rec}");
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let reps: usize = arg(&args, "--reps").map(|r| r.parse()).transpose()?.unwrap_or(3);
+    if let Some(spec) = arg(&args, "--child") {
+        return child(&spec, reps);
+    }
+    let out = PathBuf::from(arg(&args, "--out").unwrap_or("target/bench/models.json".into()));
+    let configs = arg(&args, "--configs").unwrap_or(DEFAULT.into());
+    let exe = std::env::current_exe()?;
+    let mut results = Vec::new();
+    for spec in configs.split(',').filter(|s| !s.is_empty()) {
+        let (fs, size, _) = parse_spec(spec)?;
+        // fs48 at 96³ costs ≈ 1 min per forward on 2 cores: one repetition.
+        let r = if fs * size * size * size > 24 * 64 * 64 * 64 { 1 } else { reps };
+        eprintln!("bench {spec} ({r} reps)");
+        let o = Command::new(&exe).args(["--child", spec, "--reps", &r.to_string()]).output()?;
+        if !o.status.success() {
+            anyhow::bail!("{spec} failed: {}", String::from_utf8_lossy(&o.stderr))
+        }
+        let line = String::from_utf8_lossy(&o.stdout);
+        let v: serde_json::Value = serde_json::from_str(line.trim())?;
+        eprintln!("  {v}");
+        results.push(v);
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&results)?)?;
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Gradient checkpointing of Swin blocks (MONAI `use_checkpoint`, non-reentrant semantics).
+//!
+//! A block becomes one `CustomOp2` of (input, all block parameters flattened and concatenated).
+//! Its forward runs the block on plain tensors, so no activation is kept; its backward rebuilds
+//! the block from fresh `Var`s, re-runs the forward with autograd and returns the gradients of
+//! `Σ y·grad_y` for the input and the flat parameters; `Tensor::cat`'s backward routes the
+//! latter to the real parameters. CPU only (other devices fall back to the plain forward).
+//! Dropout / stochastic depth in training are re-sampled in the recomputation (MONAI restores
+//! the RNG state), so use it with rate-0 dropouts for exact gradients.
+use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
+
+use crate::swin_transformer::SwinTransformerBlock;
+
+/// Parameters of a module in a fixed order, and the same module rebuilt from new tensors.
+pub(crate) trait Params: Sized {
+    /// The parameter tensors, in a fixed order.
+    fn params(&self, out: &mut Vec<Tensor>);
+    /// A copy of `self` whose parameters are taken, in the same order, from `it`.
+    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self>;
+}
+
+/// Takes the next tensor of a parameter stream.
+pub(crate) fn next(it: &mut dyn Iterator<Item = Tensor>) -> Result<Tensor> {
+    match it.next() {
+        Some(t) => Ok(t),
+        None => candle::bail!("checkpoint: parameter stream exhausted"),
+    }
+}
+
+impl Params for candle_nn::Linear {
+    fn params(&self, out: &mut Vec<Tensor>) {
+        out.push(self.weight().clone());
+        if let Some(b) = self.bias() {
+            out.push(b.clone());
+        }
+    }
+
+    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self> {
+        let w = next(it)?;
+        let b = if self.bias().is_some() { Some(next(it)?) } else { None };
+        Ok(candle_nn::Linear::new(w, b))
+    }
+}
+
+struct BlockOp {
+    blk: SwinTransformerBlock,
+    mask: Tensor,
+    train: bool,
+    shapes: Vec<Shape>,
+}
+
+impl BlockOp {
+    fn rebuild(&self, flat: &Tensor) -> Result<SwinTransformerBlock> {
+        let mut parts = Vec::with_capacity(self.shapes.len());
+        let mut off = 0;
+        for s in &self.shapes {
+            let n = s.elem_count();
+            parts.push(flat.narrow(0, off, n)?.reshape(s)?);
+            off += n;
+        }
+        self.blk.with_params(&mut parts.into_iter())
+    }
+}
+
+fn tensor_of(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
+    let CpuStorage::F32(v) = s else { candle::bail!("checkpoint: only f32 is supported") };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle::bail!("checkpoint: non-contiguous input {:?}", l.shape())
+    };
+    Tensor::from_slice(&v[a..b], l.shape(), &candle::Device::Cpu)
+}
+
+impl CustomOp2 for BlockOp {
+    fn name(&self) -> &'static str {
+        "swin-block-checkpoint"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = tensor_of(s1, l1)?;
+        let blk = self.rebuild(&tensor_of(s2, l2)?)?;
+        let y = blk.forward_t(&x, Some(&self.mask), self.train)?;
+        let shape = y.shape().clone();
+        Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let x = Var::from_tensor(&arg1.detach())?;
+        let flat = Var::from_tensor(&arg2.detach())?;
+        let blk = self.rebuild(flat.as_tensor())?;
+        let y = blk.forward_t(x.as_tensor(), Some(&self.mask), self.train)?;
+        let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
+        Ok((grads.get(x.as_tensor()).cloned(), grads.get(flat.as_tensor()).cloned()))
+    }
+}
+
+/// Runs `blk` so that its activations are recomputed in backward.
+pub(crate) fn checkpointed_block(
+    blk: &SwinTransformerBlock,
+    x: &Tensor,
+    mask: &Tensor,
+    train: bool,
+) -> Result<Tensor> {
+    if !x.device().is_cpu() || x.dtype() != candle::DType::F32 {
+        return blk.forward_t(x, Some(mask), train);
+    }
+    let mut params = Vec::new();
+    blk.params(&mut params);
+    let shapes = params.iter().map(|p| p.shape().clone()).collect();
+    let flat: Vec<Tensor> = params.iter().map(|p| p.flatten_all()).collect::<Result<_>>()?;
+    // [Σ numel] (differentiable: cat's backward splits the gradient back to each parameter)
+    let flat = Tensor::cat(&flat, 0)?;
+    let op = BlockOp { blk: blk.clone(), mask: mask.detach(), train, shapes };
+    x.contiguous()?.apply_op2(&flat, op)
+}

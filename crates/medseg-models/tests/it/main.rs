@@ -1,0 +1,14 @@
+//! Integration tests of medseg-models (one binary, see the house style §8).
+
+// Shared fixtures: formula weights and inputs identical to tools/golden/models_golden.py.
+mod common;
+// Config parsing, presets and validation errors.
+mod config;
+// MONAI goldens: forward outputs and gradients for v1/v2, merge orders, Swin SMT.
+mod golden;
+// Every parameter receives a gradient; gradient checkpointing equals the plain backward.
+mod grad_coverage;
+// Loader: rename table end to end, save → load round trip, shape mismatch, report.
+mod loader;
+// Parameter counts of the presets and the weight-name test against MONAI's key lists.
+mod params;

@@ -1,0 +1,232 @@
+"""Golden files for medseg-models (SwinUNETR v1/v2, merge orders, Swin SMT) from MONAI 1.6.1.
+
+Run: ~/.venvs/ref/bin/python tools/golden/models_golden.py
+Needs torch 2.15, monai 1.6.1, safetensors, numpy, einops and soft-moe-pytorch==0.1.9
+(lucidrains; its DynamicSlotsSoftMoE is the file Swin SMT vendors).
+
+Weights and inputs are not stored: both sides generate them from the same counter-based
+splitmix64 formula
+(see `formula` below and `tests/it/golden.rs`), so every file stays far below 1 MiB.
+Computed in float64 and stored as float32. Each file holds: a subsample of the output (`out_sub` = out[:, :, ::4, ::4, ::4]), output sums,
+the normalised bottleneck `hs4`, and `grad.<key>` for a few parameters of the scalar loss
+L = sum(out * cos(0.05 * i)) over the flat output index i. Metadata: `config` (MONAI argument
+names, JSON), `merge_order`.
+"""
+
+import json
+import math
+import os
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from monai.networks.nets import swin_unetr as su
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "..", "crates", "medseg-models", "tests", "golden")
+
+
+def key_seed(key: str) -> int:
+    return sum((j + 1) * b for j, b in enumerate(key.encode())) % 997
+
+
+def uniform(seed: int, n: int) -> np.ndarray:
+    """splitmix64 of (seed << 32) + i, top 24 bits -> [-1, 1) (exact in f64, same in Rust)."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) << np.uint64(32)) + np.arange(n, dtype=np.uint64)
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(40)).astype(np.float64) / float(1 << 24) * 2.0 - 1.0
+
+
+def formula(key: str, shape) -> torch.Tensor:
+    """w = amp * u(key_seed(key) + 1, i) (+ 1 for norm scales); u uniform in [-1, 1); -> f32."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    base = uniform(key_seed(key) + 1, n)
+    if key.endswith(".gamma") or ("norm" in key and key.endswith(".weight")):
+        w = 1.0 + 0.1 * base
+    elif key.endswith(".bias"):
+        w = 0.05 * base
+    elif key.endswith("relative_position_bias_table"):
+        w = 0.5 * base
+    elif key.endswith("slot_embeds"):
+        w = base
+    else:
+        fan_in = n // shape[0]
+        w = base * math.sqrt(3.0 / fan_in)
+    return torch.from_numpy(w.astype(np.float32)).reshape(shape)
+
+
+def input_formula(shape) -> torch.Tensor:
+    n = int(np.prod(shape))
+    return torch.from_numpy(uniform(5000, n).astype(np.float32)).reshape(shape)
+
+
+def legacy_patch_merging_forward(self, x):
+    """MONAI < 1.5 `PatchMerging.forward` (duplicated sub-lattices), 3-D."""
+    b, d, h, w, c = x.shape
+    if (h % 2 == 1) or (w % 2 == 1) or (d % 2 == 1):
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+    x0 = x[:, 0::2, 0::2, 0::2, :]
+    x1 = x[:, 1::2, 0::2, 0::2, :]
+    x2 = x[:, 0::2, 1::2, 0::2, :]
+    x3 = x[:, 0::2, 0::2, 1::2, :]
+    x4 = x[:, 1::2, 0::2, 1::2, :]
+    x5 = x[:, 0::2, 1::2, 0::2, :]
+    x6 = x[:, 0::2, 0::2, 1::2, :]
+    x7 = x[:, 1::2, 1::2, 1::2, :]
+    x = torch.cat([x0, x1, x2, x3, x4, x5, x6, x7], -1)
+    return self.reduction(self.norm(x))
+
+
+def smt_forward_part2(self, x):
+    """Swin SMT `forward_part2`: the MoE sees the whole unpadded stage volume as a sequence."""
+    b, d, h, w, c = x.shape
+    y = self.norm2(x).reshape(b, d * h * w, c)
+    y = self.mlp(y)
+    return self.drop_path(y.reshape(b, d, h, w, c))
+
+
+def build(cfg: dict):
+    kwargs = {k: v for k, v in cfg.items() if k not in ("merge_order", "use_moe", "num_layers_with_moe", "num_experts")}
+    model = su.SwinUNETR(**kwargs)
+    if cfg.get("merge_order") == "legacy":
+        for name in ("layers1", "layers2", "layers3", "layers4"):
+            ds = getattr(model.swinViT, name)[0].downsample
+            ds.forward = types.MethodType(legacy_patch_merging_forward, ds)
+    if cfg.get("use_moe"):
+        from soft_moe_pytorch import DynamicSlotsSoftMoE
+
+        n_moe = cfg.get("num_layers_with_moe", 2)
+        for i, name in enumerate(("layers1", "layers2", "layers3", "layers4")):
+            if 4 - i <= n_moe:
+                for blk in getattr(model.swinViT, name)[0].blocks:
+                    blk.mlp = DynamicSlotsSoftMoE(blk.dim, num_experts=cfg["num_experts"], expert_mult=4)
+                    blk.forward_part2 = types.MethodType(smt_forward_part2, blk)
+    sd = model.state_dict()
+    new = {}
+    for k, v in sd.items():
+        if k.endswith("relative_position_index"):
+            new[k] = v
+        else:
+            new[k] = formula(k, tuple(v.shape))
+    model.load_state_dict(new)
+    return model
+
+
+GRAD_KEYS = [
+    "swinViT.patch_embed.proj.weight",
+    "swinViT.layers1.0.blocks.1.attn.relative_position_bias_table",
+    "swinViT.layers1.0.blocks.1.norm1.weight",
+    "swinViT.layers2.0.blocks.0.attn.qkv.weight",
+    "swinViT.layers3.0.downsample.reduction.weight",
+    "swinViT.layers4.0.blocks.1.mlp.linear2.bias",
+    "swinViT.layers2c.0.layer.conv1.conv.weight",
+    "swinViT.layers2.0.blocks.0.mlp.to_slot_embeds.0.weight",
+    "swinViT.layers2.0.blocks.1.mlp.experts.1.0.weight",
+    "swinViT.layers3.0.blocks.0.mlp.norm.gamma",
+    "swinViT.layers4.0.blocks.1.mlp.to_slot_embeds.2.gamma",
+    "encoder1.layer.conv1.conv.weight",
+    "decoder2.transp_conv.conv.weight",
+    "out.conv.conv.weight",
+    "out.conv.conv.bias",
+]
+
+
+def run_case(name: str, cfg: dict, shape):
+    torch.manual_seed(0)
+    # float64 reference: the goldens are the exact values, so the Rust f32 error is measured
+    # against the truth (PyTorch f32 itself is ~2e-3 off in max-abs/max on ill-conditioned grads).
+    model = build(cfg).double()
+    model.train(False)
+    x = input_formula(shape).double()
+    out = model(x)
+    n = out.numel()
+    wl = torch.cos(0.05 * torch.arange(n, dtype=torch.float64)).reshape(out.shape)
+    loss = (out * wl).sum()
+    loss.backward()
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        hs = model.swinViT(x, model.normalize)
+    tensors = {
+        "out_sub": out.detach()[:, :, ::4, ::4, ::4].float().contiguous(),
+        "out_sum": out.detach().sum().reshape(1).float(),
+        "out_abs_sum": out.detach().abs().sum().reshape(1).float(),
+        "loss": loss.detach().reshape(1).float(),
+        "hs4": hs[4].float().contiguous(),
+        "out_shape": torch.tensor(list(out.shape), dtype=torch.int64),
+        "in_shape": torch.tensor(list(shape), dtype=torch.int64),
+    }
+    for k in GRAD_KEYS:
+        if k in params and params[k].grad is not None:
+            tensors["grad." + k] = params[k].grad.detach().float().contiguous()
+    meta = {"config": json.dumps(cfg), "merge_order": cfg.get("merge_order", "")}
+    path = os.path.join(OUT, f"{name}.safetensors")
+    save_file(tensors, path, metadata=meta)
+    print(f"{name}: out {tuple(out.shape)} sum {out.sum().item():.6f} loss {loss.item():.6f} "
+          f"grads {sum(1 for k in tensors if k.startswith('grad.'))} -> {os.path.getsize(path)} bytes")
+    return model
+
+
+def dump_keys(name: str, model):
+    path = os.path.join(OUT, f"{name}_keys.txt")
+    with open(path, "w") as f:
+        for k, v in model.state_dict().items():
+            f.write(f"{k} {list(v.shape)}\n")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{name}: {len(model.state_dict())} keys, {n} params")
+
+
+def count(cfg):
+    m = build_count(cfg)
+    return sum(p.numel() for p in m.parameters())
+
+
+def build_count(cfg):
+    kwargs = {k: v for k, v in cfg.items() if k not in ("merge_order", "use_moe", "num_layers_with_moe", "num_experts")}
+    return su.SwinUNETR(**kwargs)
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    torch.set_num_threads(2)
+    base = dict(in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
+    cases = [
+        ("fs12_v1_legacy_64", dict(base, merge_order="legacy"), (1, 1, 64, 64, 64)),
+        ("fs12_v1_fixed_64x32x32", dict(base, merge_order="fixed"), (1, 1, 64, 32, 32)),
+        ("fs12_v2_mergingv2", dict(base, use_v2=True, downsample="mergingv2", merge_order="v2"), (1, 1, 32, 32, 64)),
+        ("fs12_noncubic_2ch", dict(base, in_channels=2, merge_order="fixed"), (1, 2, 32, 64, 32)),
+        ("smt_e4_fs12", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=4), (1, 1, 64, 32, 32)),
+        ("smt_e3_fs12_padded", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=3), (1, 1, 64, 32, 32)),
+    ]
+    models = {}
+    for name, cfg, shape in cases:
+        models[name] = run_case(name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, shape)
+    dump_keys("swin_unetr_fs12", build_count(dict(in_channels=1, out_channels=14, feature_size=12)))
+    dump_keys("swin_unetr_fs12_v2", build_count(dict(in_channels=1, out_channels=14, feature_size=12, use_v2=True)))
+    dump_keys("swin_smt_fs12_e4", models["smt_e4_fs12"])
+    write_pt_fixture()
+
+
+
+def write_pt_fixture():
+    """A small research-style checkpoint: {"epoch", "state_dict"} with `module.` + SSL key names."""
+    sd = {
+        "module.patch_embed.proj.weight": formula("swinViT.patch_embed.proj.weight", (12, 1, 2, 2, 2)),
+        "module.patch_embed.proj.bias": formula("swinViT.patch_embed.proj.bias", (12,)),
+        "module.layers1.0.blocks.0.mlp.fc1.weight": formula("swinViT.layers1.0.blocks.0.mlp.linear1.weight", (48, 12)),
+        "module.layers1.0.blocks.0.attn.relative_position_index": su.WindowAttention(12, 3, (7, 7, 7)).relative_position_index,
+        "module.norm.weight": torch.ones(192),
+    }
+    path = os.path.join(OUT, "ssl_style_small.pt")
+    torch.save({"epoch": 3, "state_dict": sd}, path)
+    print(f"ssl_style_small.pt: {os.path.getsize(path)} bytes")
+
+
+if __name__ == "__main__":
+    main()
