@@ -16,6 +16,7 @@ names, JSON), `merge_order`.
 import json
 import math
 import os
+import sys
 import types
 
 import numpy as np
@@ -125,6 +126,9 @@ GRAD_KEYS = [
     "swinViT.layers1.0.blocks.1.norm1.weight",
     "swinViT.layers2.0.blocks.0.attn.qkv.weight",
     "swinViT.layers3.0.downsample.reduction.weight",
+    "swinViT.layers2.0.downsample.reduction.weight",
+    "swinViT.layers3.0.blocks.1.attn.qkv.weight",
+    "swinViT.layers3.0.blocks.0.mlp.linear1.weight",
     "swinViT.layers4.0.blocks.1.mlp.linear2.bias",
     "swinViT.layers2c.0.layer.conv1.conv.weight",
     "swinViT.layers2.0.blocks.0.mlp.to_slot_embeds.0.weight",
@@ -198,15 +202,19 @@ def main():
     base = dict(in_channels=1, out_channels=3, feature_size=12, depths=(2, 2, 2, 2), num_heads=(3, 6, 12, 24))
     cases = [
         ("fs12_v1_legacy_64", dict(base, merge_order="legacy"), (1, 1, 64, 64, 64)),
-        ("fs12_v1_fixed_64x32x32", dict(base, merge_order="fixed"), (1, 1, 64, 32, 32)),
         ("fs12_v2_mergingv2", dict(base, use_v2=True, downsample="mergingv2", merge_order="v2"), (1, 1, 32, 32, 64)),
         ("fs12_noncubic_2ch", dict(base, in_channels=2, merge_order="fixed"), (1, 2, 32, 64, 32)),
         ("smt_e4_fs12", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=4), (1, 1, 64, 32, 32)),
         ("smt_e3_fs12_padded", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=3), (1, 1, 64, 32, 32)),
     ]
     models = {}
+    only = sys.argv[1:]  # optional case names to regenerate
     for name, cfg, shape in cases:
+        if only and name not in only:
+            continue
         models[name] = run_case(name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, shape)
+    if only:
+        return
     dump_keys("swin_unetr_fs12", build_count(dict(in_channels=1, out_channels=14, feature_size=12)))
     dump_keys("swin_unetr_fs12_v2", build_count(dict(in_channels=1, out_channels=14, feature_size=12, use_v2=True)))
     dump_keys("swin_smt_fs12_e4", models["smt_e4_fs12"])

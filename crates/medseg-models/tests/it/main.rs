@@ -10,5 +10,7 @@ mod golden;
 mod grad_coverage;
 // Loader: rename table end to end, save → load round trip, shape mismatch, report.
 mod loader;
+// SSL head: research key names and output shapes.
+mod ssl_head;
 // Parameter counts of the presets and the weight-name test against MONAI's key lists.
 mod params;
