@@ -1,14 +1,23 @@
 //! medseg-train: losses (MONAI `DiceCELoss`), AdamW with parameter groups, the research warm-up +
 //! cosine schedule, MONAI sliding-window inference, the training loop, checkpoints and per-run
 //! outputs. See the crate README and `docs/training.md`.
+pub mod checkpoint;
+pub mod config;
 pub mod error;
 pub mod loss;
+pub mod model;
 pub mod optim;
+pub mod output;
 pub mod schedule;
+pub mod seeded;
 pub mod sliding_window;
+pub mod trainer;
 
+pub use config::{TrainConfig, TrainPlan};
 pub use error::{Error, Result};
 pub use loss::{DiceCeConfig, LossKind, cross_entropy, dice_ce_loss, dice_loss};
+pub use model::{ModelConfig, SegModel, TinyUnet, TinyUnetConfig};
 pub use optim::{AdamW, AdamWConfig, Grads};
 pub use schedule::{ScheduleConfig, ScheduleKind, ScheduleUnit};
 pub use sliding_window::{BlendMode, SlidingWindowConfig, sliding_window_inference};
+pub use trainer::{RunOptions, RunOutcome, Trainer, device_from_str};

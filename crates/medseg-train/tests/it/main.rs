@@ -2,3 +2,6 @@
 
 /// MONAI / PyTorch goldens: losses, sliding window, schedule, AdamW, clipping.
 mod golden;
+
+/// The training loop: resume reproduces the loss sequence, NaN detection, run outputs.
+mod train_loop;

@@ -1,0 +1,536 @@
+//! The training loop: patches from the medseg-data loader, DiceCE, AdamW with the warm-up +
+//! cosine schedule, clipping and accumulation, validation by sliding-window inference scored
+//! with medseg-metrics, checkpoints, resume, NaN detection and the run outputs.
+//!
+//! Determinism: weights are initialised from `(seed, variable name)`; batches depend only on
+//! `(seed, epoch, index)`; parameters update in name order. Resuming from a checkpoint therefore
+//! reproduces the uninterrupted run's losses exactly on the same machine and thread count.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle::{DType, Device};
+use candle_nn::VarMap;
+use indicatif::{ProgressBar, ProgressStyle};
+use medseg_data::{
+    Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom, transforms,
+};
+use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
+
+use crate::checkpoint::{self, LogRow, TrainState};
+use crate::config::{CacheKind, Pipeline, TrainConfig, TrainPlan};
+use crate::model::SegModel;
+use crate::optim::{AdamW, Grads};
+use crate::schedule::ScheduleUnit;
+use crate::seeded::SeededVarMap;
+use crate::sliding_window::sliding_window_inference;
+use crate::{Error, Result, loss, output};
+
+/// Knobs of one [`Trainer::run`] call that are not part of the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Set (for example by a Ctrl-C handler) to save a checkpoint and return after the current step.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Save and return after this optimiser step (tests of resume).
+    pub stop_after: Option<u64>,
+}
+
+/// What a [`Trainer::run`] call did.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Losses of the steps done by this call, in order.
+    pub losses: Vec<f64>,
+    /// True when the run stopped before `max_steps` (stop flag or `stop_after`).
+    pub interrupted: bool,
+    /// The final validation report (complete runs only).
+    pub report: Option<Report>,
+    /// Optimiser steps done in total.
+    pub step: u64,
+}
+
+/// The state of a training run.
+pub struct Trainer {
+    plan: TrainPlan,
+    device: Device,
+    varmap: VarMap,
+    model: Box<dyn SegModel>,
+    opt: AdamW,
+    state: TrainState,
+    train_loader: Loader,
+    val_loader: Loader,
+    class_names: Vec<String>,
+    epoch_iter: Option<medseg_data::loader::EpochIter>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("run_dir", &self.plan.run_dir)
+            .field("state", &self.state.step)
+            .finish()
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn device_from_str(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(i) => Ok(Device::new_cuda(i)?),
+            None => Err(Error::Config(format!("device must be cpu, cuda or cuda:N, got {s:?}"))),
+        },
+    }
+}
+
+fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<String>)> {
+    let cfg = &plan.config;
+    if !plan.datalist.exists() {
+        if cfg.data.generate_phantom {
+            let dir = plan.datalist.parent().unwrap_or(Path::new("."));
+            let written = phantom::generate(dir, &phantom::PhantomConfig::default())?;
+            if written != plan.datalist {
+                std::fs::rename(&written, &plan.datalist)
+                    .map_err(|e| Error::io(&plan.datalist, e))?;
+            }
+        } else {
+            return Err(Error::Config(format!(
+                "data.datalist {} does not exist (set data.generate_phantom = true for the phantom)",
+                plan.datalist.display()
+            )));
+        }
+    }
+    let dl = Datalist::from_json(&plan.datalist)?;
+    let nc = cfg.model.out_channels();
+    if let Some(n) = dl.num_classes()
+        && n as usize != nc
+    {
+        return Err(Error::Config(format!(
+            "model.out_channels ({nc}) differs from the {n} labels of {}",
+            plan.datalist.display()
+        )));
+    }
+    if dl.training.is_empty() || dl.validation.is_empty() {
+        return Err(Error::Config(format!(
+            "{} needs training and validation items (has {} / {})",
+            plan.datalist.display(),
+            dl.training.len(),
+            dl.validation.len()
+        )));
+    }
+    let names: Vec<String> = (0..nc)
+        .map(|c| dl.labels.get(&(c as u32)).cloned().unwrap_or(format!("class_{c}")))
+        .collect();
+    let (train_t, val_t) = match cfg.data.pipeline {
+        Pipeline::Btcv => {
+            let b = cfg.data.btcv();
+            (transforms::btcv_train(&b), transforms::btcv_val(&b))
+        }
+        Pipeline::Smt => (transforms::smt_train(cfg.data.roi), transforms::smt_val(cfg.data.roi)),
+    };
+    let cache = |sub: &str| match cfg.data.cache {
+        CacheKind::None => CacheMode::None,
+        CacheKind::Memory => CacheMode::Memory,
+        CacheKind::Disk => CacheMode::Disk(run_dir.join("cache").join(sub)),
+    };
+    let mut tl = LoaderConfig::train(cfg.data.batch_size, cfg.seed);
+    tl.num_workers = cfg.data.num_workers;
+    tl.cache = cache("train");
+    let mut vl = LoaderConfig::val();
+    vl.num_workers = cfg.data.num_workers.min(1);
+    vl.cache = cache("val");
+    let train = Loader::new(
+        Arc::new(NiftiDataset::new(dl.training.clone(), Some(nc as u32))),
+        train_t,
+        tl,
+    )?;
+    let val = Loader::new(
+        Arc::new(NiftiDataset::new(dl.validation.clone(), Some(nc as u32))),
+        val_t,
+        vl,
+    )?;
+    Ok((train, val, names))
+}
+
+impl Trainer {
+    /// Starts a new run: creates the run folder, writes `config.toml`, builds model and optimiser.
+    pub fn new(plan: TrainPlan, device: Device) -> Result<Trainer> {
+        std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
+        let mut text = format!(
+            "# resolved configuration of run {}\n# git {}\n",
+            plan.run_dir.display(),
+            git_sha().unwrap_or_else(|| "unknown".into())
+        );
+        text.push_str(&plan.config.to_toml()?);
+        checkpoint::write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
+        Trainer::build(plan, device, TrainState::new())
+    }
+
+    /// Continues the run in `run_dir` from `checkpoints/last.*` with its saved `config.toml`.
+    pub fn resume(run_dir: &Path, device: Device) -> Result<Trainer> {
+        let cfg_path = run_dir.join("config.toml");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg = TrainConfig::from_toml(&text, &cfg_path)?;
+        let mut plan = cfg.resolve()?;
+        plan.run_dir = run_dir.to_path_buf();
+        let wpath = run_dir.join("checkpoints/last.safetensors");
+        let spath = run_dir.join("checkpoints/last.state.safetensors");
+        let (moments, state) = checkpoint::load_state(&spath, &device)?;
+        let wstep = checkpoint::read_step(&wpath)?;
+        if wstep != Some(state.step) {
+            return Err(Error::Checkpoint {
+                path: wpath,
+                reason: format!("weights are from step {wstep:?}, state from step {}", state.step),
+            });
+        }
+        let mut t = Trainer::build(plan, device, state)?;
+        checkpoint::load_weights(&t.varmap, &wpath)?;
+        let step = t.state.step;
+        t.opt.load_state(&moments, step, &spath)?;
+        Ok(t)
+    }
+
+    fn build(plan: TrainPlan, device: Device, state: TrainState) -> Result<Trainer> {
+        let varmap = VarMap::new();
+        let vb = SeededVarMap::var_builder(&varmap, plan.config.seed, DType::F32, &device);
+        let model = plan.config.model.build(vb)?;
+        let opt = AdamW::from_varmap(&varmap, plan.config.optim.clone())?;
+        let (train_loader, val_loader, class_names) = loaders(&plan, &plan.run_dir)?;
+        Ok(Trainer {
+            plan,
+            device,
+            varmap,
+            model,
+            opt,
+            state,
+            train_loader,
+            val_loader,
+            class_names,
+            epoch_iter: None,
+        })
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &Path {
+        &self.plan.run_dir
+    }
+
+    /// The variables (weights) of the model.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The model.
+    pub fn model(&self) -> &dyn SegModel {
+        self.model.as_ref()
+    }
+
+    /// Position and history of the run.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Class names from the datalist (index = label value).
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
+    }
+
+    fn next_batch(&mut self) -> Result<Batch> {
+        loop {
+            if self.epoch_iter.is_none() {
+                let mut it = self.train_loader.epoch(self.state.epoch);
+                for _ in 0..self.state.batch_in_epoch {
+                    it.next();
+                }
+                self.epoch_iter = Some(it);
+            }
+            match self.epoch_iter.as_mut().and_then(Iterator::next) {
+                Some(b) => {
+                    self.state.batch_in_epoch += 1;
+                    return Ok(b?);
+                }
+                None => {
+                    self.epoch_iter = None;
+                    self.state.epoch += 1;
+                    self.state.batch_in_epoch = 0;
+                }
+            }
+        }
+    }
+
+    /// One optimiser step over `accumulate` micro-batches; returns (loss, lr, grad norm).
+    pub fn train_step(&mut self) -> Result<(f64, f64, f64)> {
+        let cfg = &self.plan.config;
+        let acc = cfg.train.accumulate;
+        let (kind, lcfg) = (cfg.loss.kind, cfg.loss.dice_ce());
+        let clip = cfg.train.grad_clip;
+        let t = match cfg.schedule.unit {
+            ScheduleUnit::Step => self.state.step,
+            ScheduleUnit::Epoch => self.state.epoch,
+        };
+        let lr = cfg.schedule.lr(cfg.optim.lr, t);
+        let mut grads = Grads::new();
+        let mut total = 0f64;
+        for micro in 0..acc {
+            let batch = self.next_batch()?;
+            let x = batch.image.to_device(&self.device)?;
+            let y = batch
+                .label
+                .ok_or_else(|| Error::Config("training batch without labels".into()))?
+                .to_device(&self.device)?;
+            let logits = self.model.forward_t(&x, true)?;
+            let l = loss::segmentation_loss(kind, &logits, &y, &lcfg)?;
+            let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            if !v.is_finite() {
+                return Err(Error::NonFiniteLoss {
+                    value: v,
+                    step: self.state.step + 1,
+                    epoch: self.state.epoch,
+                    micro,
+                });
+            }
+            total += f64::from(v);
+            let g = l.backward()?;
+            grads.accumulate(&g, self.opt.vars().map(|(_, v)| v), 1.0 / acc as f64)?;
+        }
+        let norm = if clip > 0.0 { grads.clip_norm(clip)? } else { grads.global_norm()? };
+        self.opt.set_learning_rate(lr);
+        self.opt.step(&grads)?;
+        self.state.step += 1;
+        Ok((total / acc as f64, lr, norm))
+    }
+
+    /// Sliding-window validation over every validation volume; Dice only unless `distances`.
+    /// Writes an overlay of the first case to `overlay` when given.
+    pub fn validate(&self, distances: bool, overlay: Option<&Path>) -> Result<Report> {
+        let cfg = &self.plan.config;
+        let nc = cfg.model.out_channels();
+        let mut mcfg = MetricsConfig::new(nc, cfg.output.nsd_tolerance);
+        mcfg.distances = distances;
+        let mut metric = SegmentationMetric::new(mcfg)?;
+        for (i, batch) in self.val_loader.epoch(0).enumerate() {
+            let batch = batch?;
+            let x = batch.image.to_device(&self.device)?;
+            let (_, _, d, h, w) = x.dims5()?;
+            let logits = sliding_window_inference(&x, &cfg.inference, |t| {
+                Ok(self.model.forward_t(t, false)?)
+            })?;
+            // [1, C, D, H, W] -> [D·H·W] class indices
+            let pred: Vec<u8> = logits
+                .argmax(1)?
+                .flatten_all()?
+                .to_dtype(DType::U32)?
+                .to_vec1::<u32>()?
+                .into_iter()
+                .map(|v| v as u8)
+                .collect();
+            let gt: Vec<u8> = match &batch.label {
+                Some(l) => {
+                    l.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|v| v as u8).collect()
+                }
+                None => return Err(Error::Config("validation volume without a label".into())),
+            };
+            let name = batch.meta.first().map(|m| m.id.clone()).unwrap_or(format!("case_{i}"));
+            metric.update_named(&name, &pred, &gt, [d, h, w], cfg.data.pixdim)?;
+            if i == 0
+                && let Some(p) = overlay
+            {
+                let img: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+                output::overlay(p, &img, &pred, &gt, [d, h, w])?;
+            }
+        }
+        Ok(metric.compute().with_class_names(&self.class_names))
+    }
+
+    fn save_last(&self) -> Result<()> {
+        let dir = self.plan.run_dir.join("checkpoints");
+        checkpoint::save_weights(&self.varmap, &dir.join("last.safetensors"), self.state.step)?;
+        checkpoint::save_state(
+            &dir.join("last.state.safetensors"),
+            &self.opt.state_tensors(),
+            &self.state,
+        )
+    }
+
+    fn write_outputs(&self) -> Result<()> {
+        let fg: Vec<String> = self.class_names.iter().skip(1).cloned().collect();
+        let csv = output::metrics_csv(&self.state.history, &fg);
+        checkpoint::write_atomic(&self.plan.run_dir.join("metrics.csv"), csv.as_bytes())?;
+        let loss: Vec<(f64, f64)> =
+            self.state.history.iter().map(|r| (r.step as f64, r.loss)).collect();
+        output::plot(&self.plan.run_dir.join("loss.png"), &[loss], true)?;
+        let val: Vec<&LogRow> =
+            self.state.history.iter().filter(|r| r.val_dice.is_some()).collect();
+        if !val.is_empty() {
+            let mut series: Vec<Vec<(f64, f64)>> =
+                vec![val.iter().filter_map(|r| Some((r.step as f64, r.val_mean_dice?))).collect()];
+            for j in 0..fg.len() {
+                series.push(
+                    val.iter()
+                        .filter_map(|r| Some((r.step as f64, *r.val_dice.as_ref()?.get(j)?)))
+                        .collect(),
+                );
+            }
+            output::plot(&self.plan.run_dir.join("dice.png"), &series, false)?;
+        }
+        Ok(())
+    }
+
+    /// Trains until `train.max_steps` (or a stop request), validating, checkpointing and writing
+    /// the run outputs; a complete run ends with a full validation and `report.md`.
+    pub fn run(&mut self, opts: &RunOptions) -> Result<RunOutcome> {
+        let cfg = self.plan.config.clone();
+        let max = cfg.train.max_steps;
+        let start = Instant::now();
+        let elapsed0 = self.state.elapsed_s;
+        let pb = if cfg.output.progress { ProgressBar::new(max) } else { ProgressBar::hidden() };
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, ETA {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb.set_position(self.state.step);
+        let mut losses = Vec::new();
+        let mut interrupted = false;
+        while self.state.step < max {
+            let (l, lr, norm) = self.train_step()?;
+            losses.push(l);
+            let step = self.state.step;
+            let mut row = LogRow {
+                step,
+                epoch: self.state.epoch,
+                loss: l,
+                lr,
+                grad_norm: norm,
+                elapsed_s: elapsed0 + start.elapsed().as_secs_f64(),
+                val_dice: None,
+                val_mean_dice: None,
+            };
+            pb.set_position(step);
+            pb.set_message(format!("loss {l:.4} lr {lr:.2e}"));
+            let validate_now = step.is_multiple_of(cfg.train.val_every) && step < max;
+            if validate_now {
+                let ov = cfg
+                    .output
+                    .overlays
+                    .then(|| self.plan.run_dir.join(format!("overlays/step_{step:06}.png")));
+                let rep = pb.suspend(|| self.validate(false, ov.as_deref()))?;
+                let mean = rep.mean.first().map_or(0.0, |r| r.value);
+                row.val_dice = Some(rep.per_class.iter().map(|c| c.values[0].value).collect());
+                row.val_mean_dice = Some(mean);
+                pb.println(format!("step {step}: validation mean Dice {mean:.4}"));
+                if self.state.best_mean_dice.is_none_or(|b| mean > b) {
+                    self.state.best_mean_dice = Some(mean);
+                    self.state.best_step = Some(step);
+                    checkpoint::save_weights(
+                        &self.varmap,
+                        &self.plan.run_dir.join("checkpoints/best.safetensors"),
+                        step,
+                    )?;
+                }
+            }
+            self.state.history.push(row);
+            self.state.elapsed_s = elapsed0 + start.elapsed().as_secs_f64();
+            let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+                || opts.stop_after.is_some_and(|k| step >= k);
+            if stop
+                || validate_now
+                || step.is_multiple_of(cfg.train.checkpoint_every)
+                || step == max
+            {
+                self.save_last()?;
+                self.write_outputs()?;
+            }
+            if stop && step < max {
+                interrupted = true;
+                break;
+            }
+        }
+        pb.finish_and_clear();
+        let mut report = None;
+        if !interrupted {
+            let ov = cfg.output.overlays.then(|| self.plan.run_dir.join("overlays/final.png"));
+            let rep = self.validate(true, ov.as_deref())?;
+            let mean = rep.mean.first().map_or(0.0, |r| r.value);
+            if let Some(last) = self.state.history.last_mut() {
+                last.val_dice = Some(rep.per_class.iter().map(|c| c.values[0].value).collect());
+                last.val_mean_dice = Some(mean);
+            }
+            if self.state.best_mean_dice.is_none_or(|b| mean >= b) {
+                self.state.best_mean_dice = Some(mean);
+                self.state.best_step = Some(self.state.step);
+                checkpoint::save_weights(
+                    &self.varmap,
+                    &self.plan.run_dir.join("checkpoints/best.safetensors"),
+                    self.state.step,
+                )?;
+            }
+            self.state.elapsed_s = elapsed0 + start.elapsed().as_secs_f64();
+            self.save_last()?;
+            self.write_outputs()?;
+            let md = self.report_markdown(&rep);
+            checkpoint::write_atomic(&self.plan.run_dir.join("report.md"), md.as_bytes())?;
+            report = Some(rep);
+        }
+        Ok(RunOutcome {
+            run_dir: self.plan.run_dir.clone(),
+            losses,
+            interrupted,
+            report,
+            step: self.state.step,
+        })
+    }
+
+    fn report_markdown(&self, rep: &Report) -> String {
+        let cfg = &self.plan.config;
+        let mut s = format!("# Training report: {}\n\n", cfg.name);
+        let first = self.state.history.first().map_or(f64::NAN, |r| r.loss);
+        let last = self.state.history.last().map_or(f64::NAN, |r| r.loss);
+        s.push_str(&format!(
+            "- steps: {} (epoch {}), wall time {:.1} s\n- training loss: {first:.4} (step 1) → {last:.4} (step {})\n",
+            self.state.step, self.state.epoch, self.state.elapsed_s, self.state.step
+        ));
+        s.push_str(&format!(
+            "- final validation mean Dice (foreground, MONAI mean): **{:.4}**; best {:.4} at step {}\n",
+            rep.mean.first().map_or(0.0, |r| r.value),
+            self.state.best_mean_dice.unwrap_or(0.0),
+            self.state.best_step.unwrap_or(0)
+        ));
+        s.push_str(&format!(
+            "- model `{}`, patch {:?}, sliding window roi {:?} overlap {} {:?}\n",
+            serde_json::to_string(&cfg.model).unwrap_or_default(),
+            cfg.data.roi,
+            cfg.inference.roi,
+            cfg.inference.overlap,
+            cfg.inference.mode
+        ));
+        s.push_str("- curves: `loss.png` (log10 loss vs step), `dice.png` (mean Dice first, then per class, vs step); overlays under `overlays/` (top: ground truth, bottom: prediction; axial, coronal, sagittal)\n\n");
+        s.push_str("## Validation (Dice, HD95 in mm, NSD)\n\n");
+        s.push_str(&rep.to_markdown());
+        s
+    }
+}
+
+/// The checkout's `HEAD` commit, read from `.git` without running git.
+fn git_sha() -> Option<String> {
+    let mut dir = std::env::current_dir().ok()?;
+    loop {
+        let head = dir.join(".git/HEAD");
+        if let Ok(h) = std::fs::read_to_string(&head) {
+            let h = h.trim();
+            return match h.strip_prefix("ref: ") {
+                Some(r) => std::fs::read_to_string(dir.join(".git").join(r))
+                    .ok()
+                    .map(|s| s.trim().to_string()),
+                None => Some(h.to_string()),
+            };
+        }
+        if !dir.pop() {
+            return None;
+        }
+    }
+}
