@@ -48,7 +48,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    let model = SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
+    // Creates the variables (MONAI names) that the checkpoint is loaded into.
+    SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))
         .context("building the model")?;
     let report = load_into_varmap(&varmap, &ckpt)
         .with_context(|| format!("loading weights {}", args.weights.display()))?;
@@ -70,6 +71,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         bail!("input must be [B, C, D, H, W], got {:?}", x.dims())
     }
     let x = x.to_dtype(DType::F32)?;
+    // Detached weights: no autograd graph, activations are freed as they are consumed.
+    let model = SwinUnetr::new(&cfg, medseg_models::frozen_var_builder(&varmap)?)?;
     let start = std::time::Instant::now();
     let out = model.forward_t(&x, false).context("forward pass")?;
     eprintln!("forward {:?} -> {:?} in {:.2?}", x.dims(), out.dims(), start.elapsed());

@@ -51,6 +51,12 @@ fn child(spec: &str, reps: usize) -> anyhow::Result<()> {
     let cfg = SwinUnetrConfig { feature_size: fs, ..SwinUnetrConfig::monai_default(1, 14) };
     let varmap = VarMap::new();
     let model = SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    // Inference runs on detached weights so no autograd graph keeps activations alive.
+    let model = if mode == "fwd" {
+        SwinUnetr::new(&cfg, medseg_models::frozen_var_builder(&varmap)?)?
+    } else {
+        model
+    };
     let x = Tensor::randn(0f32, 1f32, (1, 1, size, size, size), &Device::Cpu)?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {

@@ -13,7 +13,9 @@ pub mod swin_transformer;
 pub mod swin_unetr;
 pub mod unetr_blocks;
 
-pub use loader::{LoadReport, load_into_varmap, rename, save_safetensors};
+pub use loader::{
+    LoadReport, frozen_var_builder, load_file, load_into_varmap, rename, save_safetensors,
+};
 pub use param_count::{count_parameters, parameter_shapes};
 pub use soft_moe::{DynamicSlotsSoftMoe, Ffn, SoftMoe};
 pub use ssl_head::{SslHead, SslHeadConfig};

@@ -295,6 +295,17 @@ fn check_index(key: &str, t: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// A `VarBuilder` over detached copies of the variables of `varmap` (sharing storage), for
+/// inference: ops on these tensors record no autograd graph, so intermediate activations are
+/// freed as soon as they are consumed instead of living until the output is dropped.
+pub fn frozen_var_builder(varmap: &VarMap) -> Result<candle_nn::VarBuilder<'static>> {
+    let data =
+        varmap.data().lock().map_err(|_| candle::Error::Msg("varmap lock poisoned".into()))?;
+    let tensors: HashMap<String, Tensor> =
+        data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
+    Ok(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+}
+
 /// Reads `path` and loads it into `varmap` (see [`load_into_varmap`]).
 pub fn load_file(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
     load_into_varmap(varmap, &read_checkpoint(path)?)
