@@ -2,7 +2,7 @@
 //! (TOML, every field documented, unknown fields rejected); [`TrainConfig::resolve`] checks the
 //! cross-field rules and produces a [`TrainPlan`] with absolute paths and the run folder.
 //!
-//! Embedded presets: `phantom` (the default of `cargo xtask train`), `btcv`, `msd_spleen`,
+//! Embedded presets: `phantom` (the default of `cargo xtask train`), `phantom_swin`, `btcv`, `msd_spleen`,
 //! `totalseg_smt` — the files under `crates/medseg-train/configs/`.
 use std::path::{Path, PathBuf};
 
@@ -188,12 +188,13 @@ pub struct OutputConfig {
 }
 
 /// Names of the embedded presets.
-pub const PRESETS: [&str; 4] = ["phantom", "btcv", "msd_spleen", "totalseg_smt"];
+pub const PRESETS: [&str; 5] = ["phantom", "phantom_swin", "btcv", "msd_spleen", "totalseg_smt"];
 
 /// The TOML text of an embedded preset.
 pub fn preset_text(name: &str) -> Option<&'static str> {
     match name {
         "phantom" => Some(include_str!("../configs/phantom.toml")),
+        "phantom_swin" => Some(include_str!("../configs/phantom_swin.toml")),
         "btcv" => Some(include_str!("../configs/btcv.toml")),
         "msd_spleen" => Some(include_str!("../configs/msd_spleen.toml")),
         "totalseg_smt" => Some(include_str!("../configs/totalseg_smt.toml")),

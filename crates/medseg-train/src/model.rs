@@ -5,6 +5,8 @@ use candle::{Result as CResult, Tensor};
 use candle_nn::VarBuilder;
 use medseg_ops::{Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv3d, instance_norm3d};
 
+use medseg_models::{SwinUnetr, SwinUnetrConfig};
+
 use crate::{Error, Result};
 
 /// A segmentation network the trainer can drive.
@@ -24,6 +26,8 @@ pub trait SegModel: Send + Sync {
 pub enum ModelConfig {
     /// [`TinyUnet`].
     TinyUnet(TinyUnetConfig),
+    /// MONAI `SwinUNETR` (v1/v2) or Swin SMT from medseg-models; fields are MONAI's arguments.
+    SwinUnetr(SwinUnetrConfig),
 }
 
 impl ModelConfig {
@@ -31,18 +35,21 @@ impl ModelConfig {
     pub fn in_channels(&self) -> usize {
         match self {
             ModelConfig::TinyUnet(c) => c.in_channels,
+            ModelConfig::SwinUnetr(c) => c.in_channels,
         }
     }
     /// Output channels (classes including background).
     pub fn out_channels(&self) -> usize {
         match self {
             ModelConfig::TinyUnet(c) => c.out_channels,
+            ModelConfig::SwinUnetr(c) => c.out_channels,
         }
     }
     /// Spatial divisor of inputs.
     pub fn size_divisor(&self) -> usize {
         match self {
-            ModelConfig::TinyUnet(c) => 1 << (c.levels - 1),
+            ModelConfig::TinyUnet(c) => 1 << (c.levels.clamp(1, 7) - 1),
+            ModelConfig::SwinUnetr(c) => c.patch_size.pow(5),
         }
     }
     /// Checks the model's own fields.
@@ -58,6 +65,9 @@ impl ModelConfig {
                 }
                 Ok(())
             }
+            ModelConfig::SwinUnetr(c) => {
+                c.validate().map_err(|e| Error::Config(format!("model (swin_unetr): {e}")))
+            }
         }
     }
     /// Builds the network, creating its variables through `vb`.
@@ -65,6 +75,7 @@ impl ModelConfig {
         self.validate()?;
         match self {
             ModelConfig::TinyUnet(c) => Ok(Box::new(TinyUnet::new(c, vb)?)),
+            ModelConfig::SwinUnetr(c) => Ok(Box::new(SwinUnetr::new(c, vb)?)),
         }
     }
 }
@@ -183,5 +194,15 @@ impl SegModel for TinyUnet {
 
     fn size_divisor(&self) -> usize {
         1 << (self.levels - 1)
+    }
+}
+
+impl SegModel for SwinUnetr {
+    fn forward_t(&self, x: &Tensor, train: bool) -> CResult<Tensor> {
+        SwinUnetr::forward_t(self, x, train)
+    }
+
+    fn size_divisor(&self) -> usize {
+        32
     }
 }

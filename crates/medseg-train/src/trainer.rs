@@ -396,6 +396,7 @@ impl Trainer {
         pb.set_position(self.state.step);
         let mut losses = Vec::new();
         let mut interrupted = false;
+        let first_step = self.state.step;
         while self.state.step < max {
             let (l, lr, norm) = self.train_step()?;
             losses.push(l);
@@ -412,6 +413,15 @@ impl Trainer {
             };
             pb.set_position(step);
             pb.set_message(format!("loss {l:.4} lr {lr:.2e}"));
+            if pb.is_hidden() && cfg.output.progress && step.is_multiple_of((max / 20).max(1)) {
+                let el = start.elapsed().as_secs_f64();
+                let done = (step - first_step).max(1) as f64;
+                eprintln!(
+                    "step {step}/{max} loss {l:.4} lr {lr:.2e} {:.2} s/step, ETA {:.0} s",
+                    el / done,
+                    el / done * (max - step) as f64
+                );
+            }
             let validate_now = step.is_multiple_of(cfg.train.val_every) && step < max;
             if validate_now {
                 let ov = cfg
@@ -422,7 +432,7 @@ impl Trainer {
                 let mean = rep.mean.first().map_or(0.0, |r| r.value);
                 row.val_dice = Some(rep.per_class.iter().map(|c| c.values[0].value).collect());
                 row.val_mean_dice = Some(mean);
-                pb.println(format!("step {step}: validation mean Dice {mean:.4}"));
+                log(&pb, format!("step {step}: validation mean Dice {mean:.4}"));
                 if self.state.best_mean_dice.is_none_or(|b| mean > b) {
                     self.state.best_mean_dice = Some(mean);
                     self.state.best_step = Some(step);
@@ -513,6 +523,11 @@ impl Trainer {
         s.push_str(&rep.to_markdown());
         s
     }
+}
+
+/// A line above the progress bar, or on stderr when the bar is hidden (not a terminal).
+fn log(pb: &ProgressBar, msg: String) {
+    if pb.is_hidden() { eprintln!("{msg}") } else { pb.println(msg) }
 }
 
 /// The checkout's `HEAD` commit, read from `.git` without running git.

@@ -154,3 +154,23 @@ fn every_tiny_unet_parameter_gets_a_gradient_and_seeding_is_deterministic() {
     assert_eq!(w(&vm), w(&build(7).0), "same seed, same weights");
     assert_ne!(w(&vm), w(&build(8).0), "different seed, different weights");
 }
+
+#[test]
+fn a_raised_stop_flag_saves_and_returns_after_one_step() {
+    // What the binary's Ctrl-C handler does: set the flag; the loop saves `last` and returns.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut t = Trainer::new(tiny_config(tmp.path(), 4).resolve().expect("plan"), Device::Cpu)
+        .expect("trainer");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let out = t.run(&RunOptions { stop: Some(stop), stop_after: None }).expect("run");
+    assert!(out.interrupted);
+    assert_eq!(out.step, 1);
+    let ck = out.run_dir.join("checkpoints");
+    assert_eq!(
+        medseg_train::checkpoint::read_step(&ck.join("last.safetensors")).expect("s"),
+        Some(1)
+    );
+    assert!(out.report.is_none());
+    let resumed = Trainer::resume(&out.run_dir, Device::Cpu).expect("resume");
+    assert_eq!(resumed.state().step, 1);
+}
