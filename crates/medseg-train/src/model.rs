@@ -27,7 +27,7 @@ pub enum ModelConfig {
     /// [`TinyUnet`].
     TinyUnet(TinyUnetConfig),
     /// MONAI `SwinUNETR` (v1/v2) or Swin SMT from medseg-models; fields are MONAI's arguments.
-    SwinUnetr(SwinUnetrConfig),
+    SwinUnetr(Box<SwinUnetrConfig>),
 }
 
 impl ModelConfig {
@@ -75,7 +75,7 @@ impl ModelConfig {
         self.validate()?;
         match self {
             ModelConfig::TinyUnet(c) => Ok(Box::new(TinyUnet::new(c, vb)?)),
-            ModelConfig::SwinUnetr(c) => Ok(Box::new(SwinUnetr::new(c, vb)?)),
+            ModelConfig::SwinUnetr(c) => Ok(Box::new(SwinUnetr::new(c.as_ref(), vb)?)),
         }
     }
 }
