@@ -136,6 +136,8 @@ GRAD_KEYS = [
     "swinViT.layers3.0.blocks.0.mlp.norm.gamma",
     "swinViT.layers4.0.blocks.1.mlp.to_slot_embeds.2.gamma",
     "encoder1.layer.conv1.conv.weight",
+    "encoder4.layer.conv1.conv.weight",
+    "decoder4.conv_block.conv3.conv.weight",
     "decoder2.transp_conv.conv.weight",
     "out.conv.conv.weight",
     "out.conv.conv.bias",
