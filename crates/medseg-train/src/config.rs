@@ -244,6 +244,17 @@ impl TrainConfig {
                 ));
             }
         }
+        if let ModelConfig::SwinUnetr(_) = &self.model {
+            // MONAI's InstanceNorm raises in training on a 1-voxel map: the bottleneck (roi / 32)
+            // needs more than one voxel.
+            if self.data.roi.iter().map(|r| r / div).product::<usize>() < 2 {
+                return bad(format!(
+                    "data.roi {:?} leaves a 1-voxel Swin UNETR bottleneck (roi / {div}); \
+                     use at least 64 along one axis",
+                    self.data.roi
+                ));
+            }
+        }
         self.inference.validate()?;
         self.schedule.validate()?;
         let d = &self.data;

@@ -174,3 +174,42 @@ fn a_raised_stop_flag_saves_and_returns_after_one_step() {
     let resumed = Trainer::resume(&out.run_dir, Device::Cpu).expect("resume");
     assert_eq!(resumed.state().step, 1);
 }
+
+#[test]
+fn swin_unetr_trains_through_the_trainer_path_with_correct_decay_groups() {
+    let text = r#"
+        kind = "swin_unetr"
+        in_channels = 1
+        out_channels = 3
+        feature_size = 12
+        depths = [2, 2, 2, 2]
+        num_heads = [3, 6, 12, 24]
+    "#;
+    let cfg: ModelConfig = toml::from_str(text).expect("model config");
+    assert_eq!(cfg.size_divisor(), 32);
+    let vm = VarMap::new();
+    let m = cfg.build(SeededVarMap::var_builder(&vm, 3, DType::F32, &Device::Cpu)).expect("swin");
+    let opt = medseg_train::AdamW::from_varmap(
+        &vm,
+        medseg_train::AdamWConfig { lr: 1e-4, weight_decay: 1e-5, betas: [0.9, 0.999], eps: 1e-8 },
+    )
+    .expect("opt");
+    // a 32³ patch leaves a 1-voxel bottleneck (instance norm of one voxel: no gradient)
+    let mut tc = TrainConfig::preset("phantom_swin").expect("preset");
+    tc.data.roi = [32, 32, 32];
+    assert!(tc.validate().expect_err("32³").to_string().contains("bottleneck"));
+    let (decay, no_decay) = opt.groups();
+    assert!(
+        decay.iter().all(|n| !n.contains("relative_position_bias_table") && !n.contains("norm"))
+    );
+    assert!(no_decay.iter().any(|n| n.contains("relative_position_bias_table")));
+    assert!(no_decay.iter().any(|n| n.ends_with(".bias")));
+    assert!(decay.iter().any(|n| n.starts_with("swinViT.") && n.ends_with("qkv.weight")));
+    let x = medseg_testkit::random_tensor(&[1, 1, 64, 32, 32], 4, &Device::Cpu).expect("x");
+    let y = x.ge(0.5f32).expect("ge").to_dtype(DType::U32).expect("u32");
+    let logits = m.forward_t(&x, true).expect("forward");
+    assert_eq!(logits.dims(), &[1, 3, 64, 32, 32]);
+    let loss = dice_ce_loss(&logits, &y, &DiceCeConfig::monai()).expect("loss");
+    let grads = loss.backward().expect("backward");
+    medseg_testkit::assert_all_vars_have_grad(&vm, &grads);
+}
