@@ -1,4 +1,5 @@
-//! `cargo xtask golden`: regenerate the golden files from PyTorch/MONAI with `tools/golden/*.py`.
+//! `cargo xtask golden`: regenerate the golden files from PyTorch/MONAI with
+//! `tools/golden/*_golden.py`.
 use anyhow::{Context, Result, bail};
 
 use crate::{project_root, reference_python, run_cmd};
@@ -20,7 +21,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut scripts: Vec<_> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "py"))
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_golden.py")))
         .filter(|p| args.filter.as_ref().is_none_or(|f| p.to_string_lossy().contains(f.as_str())))
         .collect();
     scripts.sort();
