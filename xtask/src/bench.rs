@@ -1,4 +1,4 @@
-//! `cargo xtask bench [ops|models|metrics|all]`: release benchmarks writing `target/bench/<suite>.json`,
+//! `cargo xtask bench [ops|models|metrics|data|all]`: release benchmarks writing `target/bench/<suite>.json`,
 //! followed by the PyTorch/MONAI comparison script of the suite when the reference venv exists.
 use std::process::Command;
 
@@ -21,15 +21,20 @@ enum Suite {
     Ops,
     Models,
     Metrics,
+    Data,
     All,
 }
 
 /// (suite, package, example, comparison script)
-const SUITES: [(Suite, &str, &str, &str); 3] = [
+const SUITES: [(Suite, &str, &str, &str); 4] = [
     (Suite::Ops, "medseg-ops", "bench_ops", "tools/bench/ops_torch.py"),
     (Suite::Models, "medseg-models", "bench_models", "tools/bench/models_monai.py"),
     (Suite::Metrics, "medseg-metrics", "bench_metrics", "tools/bench/metrics_monai.py"),
+    (Suite::Data, "medseg-data", "bench_data", "tools/bench/data_nibabel.py"),
 ];
+
+/// Scratch folder of the data benchmark (its NIfTI files are shared with the Python side).
+const DATA_WORKDIR: &str = "target/bench-data";
 
 pub fn run(args: Args) -> Result<()> {
     let root = project_root();
@@ -47,11 +52,22 @@ pub fn run(args: Args) -> Result<()> {
         let json = format!("target/bench/{crate_dir}.json");
         let mut cmd = cargo();
         cmd.args(["run", "--release", "--quiet", "-p", package, "--example", example, "--"]);
-        cmd.args(["--out", &json]).args(&args.rest);
-        run_cmd(&mut cmd)?;
+        // The data benchmark takes positional arguments: a work folder and the JSON path.
+        if suite == Suite::Data {
+            cmd.args([DATA_WORKDIR, &json]);
+        } else {
+            cmd.args(["--out", &json]);
+        }
+        run_cmd(cmd.args(&args.rest))?;
         match reference_python() {
             Some(py) if root.join(script).exists() => {
-                run_cmd(Command::new(py).args([script, "--rust-json", &json]))?
+                let mut py = Command::new(py);
+                if suite == Suite::Data {
+                    py.args([script, DATA_WORKDIR, "target/bench/data.python.json"]);
+                } else {
+                    py.args([script, "--rust-json", &json]);
+                }
+                run_cmd(&mut py)?
             }
             Some(_) => eprintln!("no comparison script {script}"),
             None => eprintln!(

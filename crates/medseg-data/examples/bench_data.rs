@@ -1,7 +1,7 @@
 //! Data benchmark (`cargo run --release -p medseg-data --example bench_data -- <workdir> [out.json]`):
 //! load time of the shared CT cases and of a synthetic 512×512×300 i16 `.nii.gz`, and augmented
 //! 96³ patches per second through the BTCV training pipeline with the threaded loader.
-//! `tools/golden/data_bench.py <workdir>` measures nibabel + MONAI on the same files.
+//! `tools/bench/data_nibabel.py <workdir>` measures nibabel + MONAI on the same files.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;

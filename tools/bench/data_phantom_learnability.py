@@ -1,7 +1,7 @@
 """Sanity check that the default phantom (medseg-data::phantom) is learnable by a small net.
 
 Run: cargo run --release -p medseg-data --example make_phantom -- <dir>
-     ~/.venvs/ref/bin/python tools/golden/data_phantom_learnability.py <dir> [steps]
+     ~/.venvs/ref/bin/python tools/bench/data_phantom_learnability.py <dir> [steps]
 Trains a small MONAI 3-D UNet on CPU for a few hundred steps and prints the validation Dice per class.
 """
 import sys

@@ -1,6 +1,6 @@
 """nibabel + MONAI side of the medseg-data benchmark (same files as examples/bench_data.rs).
 
-Run: ~/.venvs/ref/bin/python tools/golden/data_bench.py <workdir> [out.json]
+Run: ~/.venvs/ref/bin/python tools/bench/data_nibabel.py <workdir> [out.json]
 (<workdir> as given to `cargo run --release -p medseg-data --example bench_data`, which creates its files.)
 """
 import json
