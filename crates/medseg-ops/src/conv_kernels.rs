@@ -18,7 +18,8 @@ use crate::storage::SyncPtr;
 
 /// Target number of output positions per tile for the forward and data products (columns of one
 /// GEMM): small enough that the unfolded tile of a 48-channel k3 conv (1296 rows) stays in L2.
-/// Measured at 96³ (`cargo xtask bench ops`): 256 → 40 GFLOP/s, 1024 → 28, 4096 → 13.
+/// Measured at 96³ on a loaded machine (`bench_ops --filter conv3d`, separate runs):
+/// 256 → 40 GFLOP/s, 1024 → 28, 4096 → 13.
 const TILE_POSITIONS: usize = 256;
 /// The weight product reduces over positions (the GEMM's k), which wants longer tiles.
 const WEIGHT_TILE_POSITIONS: usize = 1024;
