@@ -2,6 +2,7 @@
 //! cosine schedule, MONAI sliding-window inference, the training loop, checkpoints and per-run
 //! outputs. See the crate README and `docs/training.md`.
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod loss;

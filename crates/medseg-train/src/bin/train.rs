@@ -1,96 +1,21 @@
 //! The `train` binary (`cargo xtask train`): trains a segmentation network from a TOML config or a
 //! preset. With no arguments it runs the `phantom` preset: generates the synthetic phantom under
 //! `data/phantom/` if absent and writes the run to `runs/phantom-<timestamp>/`.
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+//! A thin wrapper over [`medseg_train::cli`], which `medseg train` shares.
+use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::Parser;
-use medseg_train::{RunOptions, TrainConfig, Trainer, device_from_str};
+use medseg_train::cli::TrainArgs;
 
 /// Train a 3-D segmentation network (config fields: docs/training.md).
 #[derive(Debug, Parser)]
 #[command(name = "train", version)]
 struct Args {
-    /// TOML config file, or a preset name: phantom (default), btcv, msd_spleen, totalseg_smt.
-    #[arg(long, default_value = "phantom")]
-    config: String,
-    /// Device override: cpu, cuda, cuda:N.
-    #[arg(long)]
-    device: Option<String>,
-    /// Seed override.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Output folder override (receives the run folder).
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Continue the run in this folder from its last checkpoint (uses the run's config.toml).
-    #[arg(long, conflicts_with_all = ["config", "seed", "out"])]
-    resume: Option<PathBuf>,
+    #[command(flatten)]
+    train: TrainArgs,
 }
 
-fn main() -> Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     medseg_ops::tune_allocator();
-    let args = Args::parse();
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: saving a checkpoint after the current step (press again to abort)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
-    let mut trainer = match &args.resume {
-        Some(dir) => {
-            let cfg_dev = TrainConfig::from_toml(
-                &std::fs::read_to_string(dir.join("config.toml"))
-                    .with_context(|| format!("reading {}", dir.join("config.toml").display()))?,
-                &dir.join("config.toml"),
-            )?
-            .device;
-            let device = device_from_str(args.device.as_deref().unwrap_or(&cfg_dev))?;
-            Trainer::resume(dir, device).with_context(|| format!("resuming {}", dir.display()))?
-        }
-        None => {
-            let mut cfg = TrainConfig::load(&args.config)
-                .with_context(|| format!("loading config {}", args.config))?;
-            if let Some(d) = &args.device {
-                cfg.device = d.clone();
-            }
-            if let Some(s) = args.seed {
-                cfg.seed = s;
-            }
-            if let Some(o) = &args.out {
-                cfg.output.dir = o.clone();
-            }
-            let device = device_from_str(&cfg.device)?;
-            let plan = cfg.resolve()?;
-            eprintln!("run folder: {}", plan.run_dir.display());
-            Trainer::new(plan, device)?
-        }
-    };
-    let opts = RunOptions { stop: Some(Arc::clone(&stop)), stop_after: None };
-    let outcome = trainer.run(&opts)?;
-    if outcome.interrupted {
-        eprintln!(
-            "stopped at step {}; checkpoint saved. resume with: cargo xtask train --resume {}",
-            outcome.step,
-            outcome.run_dir.display()
-        );
-        std::process::exit(130);
-    }
-    if let Some(rep) = &outcome.report {
-        let mean = rep.mean.first().map_or(0.0, |r| r.value);
-        println!("final validation mean Dice {mean:.4}");
-        for c in &rep.per_class {
-            println!("  {:<14} Dice {:.4}", c.name, c.values[0].value);
-        }
-    }
-    println!("run folder: {}", outcome.run_dir.display());
-    Ok(())
+    medseg_train::cli::run(Args::parse().train)
 }
