@@ -1,8 +1,14 @@
-//! `medseg`: the command-line entry point. One module per subcommand; only `forward` exists so
-//! far (train, predict and eval are added by their crates' owners).
+//! `medseg`: the command-line entry point, one module per subcommand: `predict` (NIfTI in, label
+//! map on the input grid out), `eval` (folders of predictions vs ground truth), `train` (the same
+//! as `cargo xtask train`, from `medseg_train::cli`) and `forward` (debugging ports against
+//! PyTorch).
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 
+mod eval;
 mod forward;
+mod predict;
 
 /// medseg — 3-D medical image segmentation in Rust.
 #[derive(Debug, Parser)]
@@ -14,14 +20,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Segment NIfTI images with a trained run or MONAI weights; outputs match the input grid.
+    Predict(predict::Args),
+    /// Score a folder of predictions against ground truth (Dice, IoU, HD95, ASSD, NSD).
+    Eval(eval::Args),
+    /// Train a network from a TOML config or preset (the same as `cargo xtask train`).
+    Train(medseg_train::cli::TrainArgs),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     medseg_ops::tune_allocator();
     let cli = Cli::parse();
     match cli.command {
-        Command::Forward(args) => forward::run(&args),
+        Command::Predict(args) => predict::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => medseg_train::cli::run(args),
+        Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -1,4 +1,16 @@
 //! Integration tests of the `medseg` binary.
 
+// Shared fixtures: tiny run folder with random weights, synthetic CT on any grid.
+mod util;
+
 // `medseg forward`: config + weights + input → output equals the in-process model.
 mod forward;
+
+// `medseg predict`: output grid and affine, orientation round trip, folder mode, TTA, errors.
+mod predict;
+
+// `medseg eval`: known Dice in md/csv/json, grouped summary, errors.
+mod eval;
+
+// `medseg train` / the `train` binary share `medseg_train::cli`.
+mod train;

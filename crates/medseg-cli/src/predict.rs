@@ -1,0 +1,540 @@
+//! `medseg predict`: NIfTI image(s) → label map(s) on the input's exact grid, TotalSegmentator
+//! style. The model is a run folder (its `config.toml` + `checkpoints/best.safetensors`, else
+//! `last`) or a weights file (`.safetensors`, MONAI `.pt`/`.pth`) with `--preset`/`--config` for the
+//! architecture and preprocessing.
+//!
+//! Per case: read → the run's deterministic validation transforms (the medseg-data preset the
+//! trainer validates with: Orientation RAS, Spacing, ScaleIntensityRange, CropForeground) →
+//! sliding window (the run's `[inference]` settings) → softmax (averaged over the 8 flips of the
+//! three spatial axes with `--tta`) → argmax → nearest-neighbour back to the input's grid in world
+//! space (`medseg_data::write_prediction`: same shape and affine as the input). Every file is
+//! written atomically. See `docs/inference.md`.
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use medseg_data::dataset::{DataItem, case_id, load_sample};
+use medseg_data::spatial::{Interp, Padding, resample_to_grid};
+use medseg_data::transforms::{self, Compose, Meta};
+use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
+use medseg_models::loader::{load_into_varmap, read_checkpoint};
+use medseg_train::config::Pipeline;
+use medseg_train::{ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_inference};
+
+/// Arguments of `medseg predict`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Input image (`.nii`/`.nii.gz`) or a folder of them (hidden files are skipped).
+    #[arg(short = 'i', long)]
+    pub input: PathBuf,
+    /// Output label map (`.nii`/`.nii.gz`), or a folder: it receives `<case>.nii.gz` per input
+    /// (`<case>` is the file name without `.nii[.gz]` and an nnU-Net `_0000` suffix).
+    #[arg(short = 'o', long)]
+    pub output: PathBuf,
+    /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), or a weights
+    /// file (`.safetensors`, MONAI `.pt`/`.pth`), which needs `--preset` or `--config`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Embedded training preset giving architecture, preprocessing and sliding window
+    /// (phantom, phantom_swin, btcv, msd_spleen, totalseg_smt).
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// Training config TOML giving architecture, preprocessing and sliding window (overrides a
+    /// run folder's own `config.toml`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Folder receiving the softmax probabilities, one float32 `prob_<class>.nii.gz` per class on
+    /// the input grid (folder input: one subfolder per case).
+    #[arg(long)]
+    pub probabilities: Option<PathBuf>,
+    /// Test-time augmentation: average the softmax over the 8 flip combinations of the three
+    /// spatial axes (8× the inference time).
+    #[arg(long)]
+    pub tta: bool,
+    /// cpu, cuda or cuda:N (CUDA needs a CUDA build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Sliding-window overlap in [0, 1) (default: the config's `inference.overlap`).
+    #[arg(long)]
+    pub overlap: Option<f64>,
+    /// Windows per forward pass (default: the config's `inference.sw_batch_size`).
+    #[arg(long)]
+    pub sw_batch_size: Option<usize>,
+}
+
+/// One input and where its outputs go.
+#[derive(Debug, Clone)]
+struct Job {
+    input: PathBuf,
+    output: PathBuf,
+    probabilities: Option<PathBuf>,
+}
+
+/// Everything needed to predict a case.
+struct Predictor {
+    cfg: TrainConfig,
+    model: Box<dyn SegModel>,
+    transforms: Compose,
+    device: Device,
+    tta: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: &Args) -> Result<()> {
+    let (mut cfg, weights, cfg_origin) = resolve_model(args)?;
+    if let Some(o) = args.overlap {
+        cfg.inference.overlap = o;
+    }
+    if let Some(b) = args.sw_batch_size {
+        cfg.inference.sw_batch_size = b;
+    }
+    cfg.validate().with_context(|| format!("checking config {cfg_origin}"))?;
+    let jobs = plan_jobs(args)?;
+    let device = device_from_str(&args.device)?;
+    let model = load_model(&mut cfg, &weights, &device)?;
+    let sw = &cfg.inference;
+    eprintln!(
+        "model {} ({} classes) from {} (config {cfg_origin})",
+        model_kind(&cfg.model),
+        cfg.model.out_channels(),
+        weights.display()
+    );
+    eprintln!(
+        "sliding window roi {:?}, overlap {}, {:?} blending, sw_batch_size {}{}",
+        sw.roi,
+        sw.overlap,
+        sw.mode,
+        sw.sw_batch_size,
+        if args.tta { "; TTA over 8 flips" } else { "" }
+    );
+    let transforms = validation_transforms(&cfg);
+    let p = Predictor { cfg, model, transforms, device, tta: args.tta };
+    if args.input.is_dir() {
+        run_folder(&p, &jobs)
+    } else {
+        let job = &jobs[0];
+        p.predict(job, &|m| eprintln!("{m}"))
+            .with_context(|| format!("predicting {}", job.input.display()))
+    }
+}
+
+/// The deterministic validation pipeline of a run, exactly as `Trainer` builds it.
+///
+/// `medseg_train` keeps this choice inside the trainer's private loader setup; it should become
+/// a public `DataConfig::val_transforms()` there so this match lives in one place.
+fn validation_transforms(cfg: &TrainConfig) -> Compose {
+    match cfg.data.pipeline {
+        Pipeline::Btcv => transforms::btcv_val(&cfg.data.btcv()),
+        Pipeline::Smt => transforms::smt_val(cfg.data.roi),
+    }
+}
+
+fn model_kind(m: &ModelConfig) -> &'static str {
+    match m {
+        ModelConfig::TinyUnet(_) => "tiny_unet",
+        ModelConfig::SwinUnetr(_) => "swin_unetr",
+    }
+}
+
+/// The training config, the weights file and a description of where the config came from.
+fn resolve_model(args: &Args) -> Result<(TrainConfig, PathBuf, String)> {
+    let m = &args.model;
+    if !m.exists() {
+        bail!("model {} does not exist (a run folder or a weights file)", m.display());
+    }
+    let explicit = match (&args.preset, &args.config) {
+        (Some(p), _) => Some((
+            TrainConfig::preset(p).with_context(|| format!("loading preset {p}"))?,
+            format!("preset {p}"),
+        )),
+        (None, Some(c)) => {
+            let text = std::fs::read_to_string(c)
+                .with_context(|| format!("reading config {}", c.display()))?;
+            Some((TrainConfig::from_toml(&text, c)?, c.display().to_string()))
+        }
+        (None, None) => None,
+    };
+    if m.is_dir() {
+        let ck = m.join("checkpoints");
+        let weights = ["best.safetensors", "last.safetensors"]
+            .iter()
+            .map(|f| ck.join(f))
+            .find(|p| p.is_file())
+            .with_context(|| {
+                format!(
+                    "run folder {} has neither checkpoints/best.safetensors nor \
+                     checkpoints/last.safetensors",
+                    m.display()
+                )
+            })?;
+        let (cfg, origin) = match explicit {
+            Some(e) => e,
+            None => {
+                let path = m.join("config.toml");
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("reading {} (pass --preset or --config instead)", path.display())
+                })?;
+                (TrainConfig::from_toml(&text, &path)?, path.display().to_string())
+            }
+        };
+        Ok((cfg, weights, origin))
+    } else {
+        let Some((cfg, origin)) = explicit else {
+            bail!(
+                "weights file {} needs --preset or --config for the architecture and \
+                 preprocessing (or pass a run folder)",
+                m.display()
+            )
+        };
+        Ok((cfg, m.clone(), origin))
+    }
+}
+
+fn is_nifti(p: &Path) -> bool {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    (name.ends_with(".nii") || name.ends_with(".nii.gz")) && !name.starts_with('.')
+}
+
+/// A folder that must exist (the parent of an output file), named in the error.
+fn require_dir(dir: &Path, what: &str, file: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if !dir.is_dir() {
+        bail!("{what} folder {} does not exist (for {})", dir.display(), file.display());
+    }
+    Ok(())
+}
+
+/// Creates `dir` when missing; its parent must exist.
+fn ensure_out_dir(dir: &Path, what: &str) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if dir.exists() {
+        bail!("{what} {} exists and is not a folder", dir.display());
+    }
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    require_dir(parent, what, dir)?;
+    std::fs::create_dir(dir).with_context(|| format!("creating {what} folder {}", dir.display()))
+}
+
+/// Checks every path before the model is loaded and pairs inputs with outputs.
+fn plan_jobs(args: &Args) -> Result<Vec<Job>> {
+    let (input, output) = (&args.input, &args.output);
+    if !input.exists() {
+        bail!("input {} does not exist", input.display());
+    }
+    if input.is_dir() {
+        let mut inputs = Vec::new();
+        for entry in std::fs::read_dir(input)
+            .with_context(|| format!("listing input folder {}", input.display()))?
+        {
+            let p = entry.with_context(|| format!("listing {}", input.display()))?.path();
+            if p.is_file() && is_nifti(&p) {
+                inputs.push(p);
+            }
+        }
+        inputs.sort();
+        if inputs.is_empty() {
+            bail!("input folder {} contains no .nii or .nii.gz file", input.display());
+        }
+        ensure_out_dir(output, "output")?;
+        if let Some(pd) = &args.probabilities {
+            ensure_out_dir(pd, "probabilities")?;
+        }
+        let mut seen = std::collections::HashMap::new();
+        let mut jobs = Vec::with_capacity(inputs.len());
+        for p in inputs {
+            let id = case_id(&p);
+            if let Some(prev) = seen.insert(id.clone(), p.clone()) {
+                bail!(
+                    "inputs {} and {} both map to case {id:?} (output {id}.nii.gz)",
+                    prev.display(),
+                    p.display()
+                );
+            }
+            jobs.push(Job {
+                output: output.join(format!("{id}.nii.gz")),
+                probabilities: args.probabilities.as_ref().map(|d| d.join(&id)),
+                input: p,
+            });
+        }
+        Ok(jobs)
+    } else {
+        let out = if output.is_dir() {
+            output.join(format!("{}.nii.gz", case_id(input)))
+        } else {
+            if !is_nifti(output) {
+                bail!(
+                    "output {} must end in .nii or .nii.gz (or be an existing folder)",
+                    output.display()
+                );
+            }
+            require_dir(output.parent().unwrap_or(Path::new(".")), "output", output)?;
+            output.clone()
+        };
+        if let Some(pd) = &args.probabilities {
+            ensure_out_dir(pd, "probabilities")?;
+        }
+        Ok(vec![Job {
+            input: input.clone(),
+            output: out,
+            probabilities: args.probabilities.clone(),
+        }])
+    }
+}
+
+/// Builds the network of `cfg` and fills it from `weights` (every parameter required).
+fn load_model(cfg: &mut TrainConfig, weights: &Path, device: &Device) -> Result<Box<dyn SegModel>> {
+    let ckpt = read_checkpoint(weights)
+        .with_context(|| format!("reading weights {}", weights.display()))?;
+    if let ModelConfig::SwinUnetr(c) = &mut cfg.model
+        && c.merge_order.is_none()
+    {
+        c.merge_order = ckpt.merge_order;
+    }
+    if cfg.model.out_channels() > 256 {
+        bail!(
+            "model.out_channels {} exceeds the 256 labels of a u8 label map",
+            cfg.model.out_channels()
+        );
+    }
+    let varmap = VarMap::new();
+    // Creates the variables (checkpoint names) that the weights are loaded into.
+    cfg.model.build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let report = load_into_varmap(&varmap, &ckpt).with_context(|| {
+        format!(
+            "loading weights {} into the {} of the config (a model/config mismatch?)",
+            weights.display(),
+            model_kind(&cfg.model)
+        )
+    })?;
+    if !report.missing.is_empty() {
+        let first: Vec<&str> = report.missing.iter().take(3).map(String::as_str).collect();
+        bail!(
+            "{}: {} of the model's parameters are missing (first: {}); the weights do not \
+             belong to this model config",
+            weights.display(),
+            report.missing.len(),
+            first.join(", ")
+        );
+    }
+    if !report.unused.is_empty() {
+        eprintln!(
+            "warning: {} tensors of {} are not used by the model (first: {})",
+            report.unused.len(),
+            weights.display(),
+            report.unused[0]
+        );
+    }
+    // Detached weights on the target device: inference records no autograd graph, so
+    // activations are freed as soon as they are consumed.
+    let tensors = {
+        let data =
+            varmap.data().lock().map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?;
+        data.iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().to_device(device)?)))
+            .collect::<candle::Result<std::collections::HashMap<_, _>>>()?
+    };
+    Ok(cfg.model.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
+}
+
+/// Folder mode: every input in turn under a progress bar; a failing case is reported and the
+/// others still run; the command fails at the end if any case failed.
+fn run_folder(p: &Predictor, jobs: &[Job]) -> Result<()> {
+    let pb = ProgressBar::new(jobs.len() as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix("predict");
+    let log = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
+    let mut failed = Vec::new();
+    for job in jobs {
+        pb.set_message(case_id(&job.input));
+        if let Err(e) = p.predict(job, &log) {
+            log(format!("error: {}: {e:#}", job.input.display()));
+            failed.push(job.input.clone());
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if !failed.is_empty() {
+        let names: Vec<String> = failed.iter().map(|f| f.display().to_string()).collect();
+        bail!("{} of {} inputs failed: {}", failed.len(), jobs.len(), names.join(", "));
+    }
+    eprintln!("{} predictions written to the output folder", jobs.len());
+    Ok(())
+}
+
+impl Predictor {
+    /// Predicts one case and writes its outputs (probabilities first, the label map last).
+    fn predict(&self, job: &Job, log: &dyn Fn(String)) -> Result<()> {
+        let start = Instant::now();
+        let id = case_id(&job.input);
+        let sample = load_sample(&DataItem::new(&job.input, None), None, 1e-3)?;
+        self.log_geometry(&id, &sample.image, log);
+        let mut rng = sample_rng(0, 0, 0);
+        let sample =
+            self.transforms.apply(sample, &mut rng)?.into_iter().next().with_context(|| {
+                format!("{}: preprocessing produced no volume", job.input.display())
+            })?;
+        let shape = sample.image.shape();
+        let affine = sample.image.affine;
+        let meta = sample.meta;
+        // [X·Y·Z] -> [1, 1, D, H, W]
+        let x = Tensor::from_vec(
+            sample.image.into_data(),
+            (1, 1, shape[0], shape[1], shape[2]),
+            &self.device,
+        )?;
+        let probs = self.probabilities(&x)?; // [1, K, D, H, W]
+        let k = probs.dim(1)?;
+        if k != self.cfg.model.out_channels() {
+            bail!(
+                "the model returned {k} channels, the config says {}",
+                self.cfg.model.out_channels()
+            );
+        }
+        if let Some(dir) = &job.probabilities {
+            ensure_out_dir(dir, "probabilities")?;
+            // [1, K, D, H, W] -> [K·D·H·W]
+            let p: Vec<f32> = probs.flatten_all()?.to_vec1()?;
+            write_probabilities(dir, &p, k, shape, affine, &meta)?;
+        }
+        // [1, K, D, H, W] -> [D·H·W] class indices
+        let labels: Vec<u8> = probs
+            .argmax(1)?
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
+        write_prediction(&job.output, labels, shape, affine, &meta)?;
+        log(format!(
+            "{id}: {:?} → network grid {:?} → {} in {:.2} s",
+            meta.original_shape,
+            shape,
+            job.output.display(),
+            start.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
+    /// One log line when the input's orientation or spacing differs from the training grid.
+    fn log_geometry(&self, id: &str, image: &Volume<f32>, log: &dyn Fn(String)) {
+        let (codes, spacing) = (image.axcodes(), image.spacing());
+        let pixdim = match self.cfg.data.pipeline {
+            Pipeline::Btcv => Some(self.cfg.data.pixdim),
+            Pipeline::Smt => None,
+        };
+        let spacing_differs = pixdim.is_some_and(|p| {
+            spacing.iter().zip(&p).any(|(a, b)| (a - b).abs() > 1e-3 * b.max(1.0))
+        });
+        if codes != "RAS" || spacing_differs {
+            let sp = spacing.map(|s| (s * 1000.0).round() / 1000.0);
+            let target = match pixdim {
+                Some(p) => format!("RAS at {p:?} mm"),
+                None => "RAS".to_string(),
+            };
+            log(format!(
+                "{id}: input orientation {codes}, spacing {sp:?} mm differs from training \
+                 ({target}): resampled to the training grid for the network (safe: the \
+                 validation transforms), prediction mapped back to the input grid"
+            ));
+        }
+    }
+
+    /// Softmax probabilities `[1, K, D, H, W]`, averaged over the flips of the spatial axes
+    /// with TTA.
+    fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
+        let flips: Vec<Vec<usize>> = if self.tta { flip_sets() } else { vec![Vec::new()] };
+        let mut acc: Option<Tensor> = None;
+        for f in &flips {
+            let xf = if f.is_empty() { x.clone() } else { x.flip(f)? };
+            let logits = sliding_window_inference(&xf, &self.cfg.inference, |t| {
+                Ok(self.model.forward_t(t, false)?)
+            })?;
+            let p = candle_nn::ops::softmax(&logits, 1)?;
+            let p = if f.is_empty() { p } else { p.flip(f)? };
+            acc = Some(match acc {
+                None => p,
+                Some(a) => (a + p)?,
+            });
+        }
+        let acc = acc.context("no flip combination")?;
+        Ok((acc / flips.len() as f64)?.contiguous()?)
+    }
+}
+
+/// The 8 subsets of the spatial dims `{2, 3, 4}` of a `[B, C, D, H, W]` tensor, `[]` first.
+fn flip_sets() -> Vec<Vec<usize>> {
+    (0..8u8).map(|m| (0..3).filter(|b| m >> b & 1 == 1).map(|b| b + 2).collect()).collect()
+}
+
+/// Writes `prob_<c>.nii.gz` per class on the original grid (nearest neighbour, the same mapping
+/// as the label map, so its argmax is the label map); outside the network's field of view the
+/// background gets probability 1.
+fn write_probabilities(
+    dir: &Path,
+    probs: &[f32],
+    k: usize,
+    shape: [usize; 3],
+    affine: Affine,
+    meta: &Meta,
+) -> Result<()> {
+    let vox: usize = shape.iter().product();
+    let (orig_affine, orig_shape) = (&meta.original_affine, meta.original_shape);
+    let inside = resample_to_grid(
+        &Volume::filled(shape, 1u8, affine),
+        orig_affine,
+        orig_shape,
+        Interp::Nearest,
+        Padding::Zeros,
+        |v| v as u8,
+    )?;
+    for c in 0..k {
+        let vol = Volume::new(probs[c * vox..(c + 1) * vox].to_vec(), shape, affine)
+            .context("probability map length")?;
+        let mut out = resample_to_grid(
+            &vol,
+            orig_affine,
+            orig_shape,
+            Interp::Nearest,
+            Padding::Zeros,
+            |v| v as f32,
+        )?;
+        if c == 0 {
+            for (o, &m) in out.data_mut().iter_mut().zip(inside.data()) {
+                if m == 0 {
+                    *o = 1.0;
+                }
+            }
+        }
+        write_volume(dir.join(format!("prob_{c:03}.nii.gz")), &out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flip_sets_are_the_eight_subsets() {
+        let s = flip_sets();
+        assert_eq!(s.len(), 8);
+        assert_eq!(s[0], Vec::<usize>::new());
+        assert_eq!(s[7], vec![2, 3, 4]);
+        let mut sorted = s.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 8);
+    }
+}
