@@ -1,7 +1,9 @@
 //! `cargo xtask`: the project's task runner. It links no ML crate; every task shells out to cargo
 //! (and, for comparisons, to the reference Python venv when one exists).
 mod bench;
+mod cuda;
 mod golden;
+mod gpu_bundle;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -28,6 +30,10 @@ enum Task {
     Bench(bench::Args),
     /// Train a model (the embedded default: a tiny Swin UNETR on a generated phantom, CPU).
     Train(train::Args),
+    /// Install the CUDA 13 build toolchain from PyPI wheels (no GPU needed); see docs/cuda.md.
+    CudaSetup(cuda::Args),
+    /// Build stripped `cuda` test/release binaries + inputs + run.sh into target/gpu-bundle.
+    GpuBundle(gpu_bundle::Args),
     /// Regenerate golden files from PyTorch/MONAI (needs the reference venv; never run in CI).
     Golden(golden::Args),
 }
@@ -38,6 +44,8 @@ fn main() -> Result<()> {
         Task::Bench(a) => bench::run(a),
         Task::Train(a) => train::run(a),
         Task::Golden(a) => golden::run(a),
+        Task::CudaSetup(a) => cuda::run(a),
+        Task::GpuBundle(a) => gpu_bundle::run(a),
     }
 }
 
