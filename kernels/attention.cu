@@ -9,6 +9,9 @@
 // (queries = slots or tokens, scale = 1, H = 1). No [nq, nk] matrix is ever stored: the forward
 // keeps an online softmax per query row, the backward recomputes p = exp(s - lse).
 //
+// The forward's log-sum-exp is recomputed at the start of the backward (forward with lse_only = 1:
+// no values read, no output written), so the forward returns a plain tensor in the input dtype.
+//
 // Launch (see crates/medseg-ops/src/cuda_attention.rs):
 //   forward   grid (ceil(nq/32), H, B), block 32, dynamic smem kt*(d + 32)*4 bytes
 //   bwd_delta grid (ceil(B*H*nq/128)), block 128
@@ -40,10 +43,12 @@ __device__ __forceinline__ float logit(const T* qi, const float* kj, int d, floa
 template <typename T>
 __device__ void attention_fwd(const T* q, const T* k, const T* v, const T* bias, const T* mask,
                               T* out, float* lse, int H, int nq, int nk, int d, int dv, int nw,
-                              int n_valid, float scale, int has_bias, int has_mask, int kt) {
+                              int n_valid, float scale, int has_bias, int has_mask, int kt,
+                              int lse_only) {
   extern __shared__ float smem[];
   float* ks = smem;           // [kt, d]
   float* vs = smem + kt * d;  // [kt, CHUNK]
+  const int dv_pass = lse_only ? 1 : dv;  // lse_only: one pass, no values, no output
   const int b = blockIdx.z, h = blockIdx.y;
   const int i = blockIdx.x * ROWS + threadIdx.x;
   const bool active = i < nq;
@@ -54,8 +59,8 @@ __device__ void attention_fwd(const T* q, const T* k, const T* v, const T* bias,
   const T* bias_row = has_bias ? bias + ((long long)h * nq + (active ? i : 0)) * nk : nullptr;
   const T* mask_row =
       has_mask ? mask + ((long long)(b % nw) * nq + (active ? i : 0)) * nk : nullptr;
-  for (int c0 = 0; c0 < dv; c0 += CHUNK) {
-    const int cw = min(CHUNK, dv - c0);
+  for (int c0 = 0; c0 < dv_pass; c0 += CHUNK) {
+    const int cw = lse_only ? 0 : min(CHUNK, dv - c0);
     float m = -CUDART_INF_F, l = 0.f, acc[CHUNK];
 #pragma unroll
     for (int c = 0; c < CHUNK; c++) acc[c] = 0.f;
@@ -84,8 +89,10 @@ __device__ void attention_fwd(const T* q, const T* k, const T* v, const T* bias,
     }
     if (active) {
       const float inv = l > 0.f ? 1.f / l : 0.f;
-      T* oi = out + (bh * nq + i) * dv + c0;
-      for (int c = 0; c < cw; c++) store(oi + c, acc[c] * inv);
+      if (!lse_only) {
+        T* oi = out + (bh * nq + i) * dv + c0;
+        for (int c = 0; c < cw; c++) store(oi + c, acc[c] * inv);
+      }
       if (c0 == 0) lse[bh * nq + i] = l > 0.f ? m + logf(l) : -CUDART_INF_F;
     }
   }
@@ -220,9 +227,9 @@ __device__ void attention_bwd_dkv(const T* q, const T* k, const T* v, const T* b
   extern "C" __global__ void attention_fwd_##SUFFIX(                                               \
       const T* q, const T* k, const T* v, const T* bias, const T* mask, T* out, float* lse, int H, \
       int nq, int nk, int d, int dv, int nw, int n_valid, float scale, int has_bias, int has_mask, \
-      int kt) {                                                                                    \
+      int kt, int lse_only) {                                                                      \
     attention_fwd<T>(q, k, v, bias, mask, out, lse, H, nq, nk, d, dv, nw, n_valid, scale,          \
-                     has_bias, has_mask, kt);                                                      \
+                     has_bias, has_mask, kt, lse_only);                                            \
   }                                                                                                \
   extern "C" __global__ void attention_bwd_delta_##SUFFIX(const T* out, const T* dout,             \
                                                           float* delta, long long rows, int dv) {  \

@@ -15,3 +15,9 @@ pub const ATTENTION_ROWS: u32 = 32;
 
 /// Output columns one thread of the attention kernels accumulates per pass.
 pub const ATTENTION_CHUNK: usize = 32;
+
+/// `kernels/im2col.cu`: `im2col_*`, `col2im_*` (3-D convolution as GEMM).
+pub const IM2COL: &str = include_str!(concat!(env!("OUT_DIR"), "/im2col.ptx"));
+
+/// Module name under which [`IM2COL`] is cached per device.
+pub const IM2COL_MODULE: &str = "medseg_im2col";

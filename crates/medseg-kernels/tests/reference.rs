@@ -228,3 +228,135 @@ fn fully_masked_rows_give_zero_output_and_gradient() {
     let gr = attention_bwd(&g, &q, &k, &v, None, None, &out, &lse, &w).expect("bwd");
     assert!(gr.dq.iter().chain(&gr.dk).chain(&gr.dv).all(|x| *x == 0.0));
 }
+
+/// Output size of a convolution along one axis.
+fn conv_out(i: usize, k: usize, s: usize, p: usize, l: usize) -> usize {
+    (i + 2 * p - l * (k - 1) - 1) / s + 1
+}
+
+/// `y[n, co, p] = Σ w[co, ci_g·K] cols[n, g·ci_g·K + …, p]` per group (plain loops).
+#[allow(clippy::too_many_arguments)] // reason: one argument per size.
+fn grouped_gemm(
+    cols: &[f32],
+    w: &[f32],
+    n: usize,
+    ci: usize,
+    co: usize,
+    groups: usize,
+    taps: usize,
+    positions: usize,
+) -> Vec<f32> {
+    let (ci_g, co_g) = (ci / groups, co / groups);
+    let mut y = vec![0f32; n * co * positions];
+    for b in 0..n {
+        for o in 0..co {
+            let g = o / co_g;
+            for r in 0..ci_g * taps {
+                let wv = w[o * ci_g * taps + r];
+                let row = &cols[((b * ci + g * ci_g) * taps + r) * positions..][..positions];
+                for (yv, c) in y[(b * co + o) * positions..][..positions].iter_mut().zip(row) {
+                    *yv += wv * c;
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn im2col_gemm_matches_conv3d() -> candle::Result<()> {
+    let dev = Device::Cpu;
+    // (input, kernel, stride, padding, dilation, groups)
+    let cases = [
+        ([5, 6, 7], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1], 1),
+        ([6, 5, 4], [2, 3, 1], [2, 1, 2], [0, 1, 0], [1, 1, 1], 2),
+        ([7, 7, 6], [3, 3, 2], [2, 2, 1], [2, 1, 1], [2, 1, 3], 2),
+    ];
+    for (input, kernel, stride, padding, dilation, groups) in cases {
+        let (n, ci, co) = (2, 4, 6);
+        let output: [usize; 3] = std::array::from_fn(|a| {
+            conv_out(input[a], kernel[a], stride[a], padding[a], dilation[a])
+        });
+        let g = medseg_kernels::reference::Im2colGeom {
+            volumes: n * ci,
+            input,
+            output,
+            kernel,
+            stride,
+            padding,
+            dilation,
+        };
+        let xv = values(g.x_len(), 41);
+        let wv = values(co * ci / groups * g.taps(), 42);
+        let cols = medseg_kernels::reference::im2col(&g, &xv).expect("im2col");
+        let ours = grouped_gemm(&cols, &wv, n, ci, co, groups, g.taps(), g.positions());
+        let x = Tensor::from_vec(xv.clone(), (n, ci, input[0], input[1], input[2]), &dev)?;
+        let w =
+            Tensor::from_vec(wv.clone(), (co, ci / groups, kernel[0], kernel[1], kernel[2]), &dev)?;
+        let cfg = medseg_ops::Conv3dConfig { stride, padding, dilation, groups };
+        let want = medseg_ops::conv3d(&x, &w, None, &cfg)?;
+        assert!(max_abs_diff(&ours, &to_vec(&want)) < 1e-4, "conv {input:?} {kernel:?} {stride:?}");
+
+        // col2im is the adjoint of im2col: <im2col(x), c> = <x, col2im(c)>.
+        let c = values(g.cols_len(), 43);
+        let back = medseg_kernels::reference::col2im(&g, &c).expect("col2im");
+        let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| f64::from(a * b)).sum();
+        let rhs: f64 = xv.iter().zip(&back).map(|(a, b)| f64::from(a * b)).sum();
+        assert!((lhs - rhs).abs() < 1e-3 * (1.0 + lhs.abs()), "adjoint {lhs} vs {rhs}");
+    }
+    Ok(())
+}
+
+#[test]
+fn gemm_col2im_matches_conv_transpose3d() -> candle::Result<()> {
+    let dev = Device::Cpu;
+    // Transposed conv of x [N, Ci, D…] = col2im of (wᵀ·x) with the geometry of the forward
+    // convolution that maps the (larger) output back to x's grid.
+    let (n, ci, co, groups) = (1, 4, 2, 2);
+    let (xin, kernel, stride, padding, outpad) =
+        ([3, 4, 2], [2, 3, 2], [2, 2, 1], [0, 1, 0], [1, 0, 0]);
+    let out: [usize; 3] =
+        std::array::from_fn(|a| (xin[a] - 1) * stride[a] - 2 * padding[a] + kernel[a] + outpad[a]);
+    let g = medseg_kernels::reference::Im2colGeom {
+        volumes: n * co,
+        input: out,
+        output: xin,
+        kernel,
+        stride,
+        padding,
+        dilation: [1; 3],
+    };
+    let xv = values(n * ci * xin.iter().product::<usize>(), 51);
+    let wv = values(ci * co / groups * g.taps(), 52);
+    // cols[n, (co, k), p] = Σ_ci w[ci, co_g, k] x[n, ci, p] per group.
+    let (ci_g, co_g, taps, positions) = (ci / groups, co / groups, g.taps(), g.positions());
+    let mut cols = vec![0f32; g.cols_len()];
+    for gi in 0..groups {
+        for o in 0..co_g {
+            for k in 0..taps {
+                for i in 0..ci_g {
+                    let wv = wv[((gi * ci_g + i) * co_g + o) * taps + k];
+                    let xr = &xv[(gi * ci_g + i) * positions..][..positions];
+                    let row = &mut cols[((gi * co_g + o) * taps + k) * positions..][..positions];
+                    for (r, x) in row.iter_mut().zip(xr) {
+                        *r += wv * x;
+                    }
+                }
+            }
+        }
+    }
+    let ours = medseg_kernels::reference::col2im(&g, &cols).expect("col2im");
+    let x = Tensor::from_vec(xv, (n, ci, xin[0], xin[1], xin[2]), &dev)?;
+    let w = Tensor::from_vec(wv, (ci, co / groups, kernel[0], kernel[1], kernel[2]), &dev)?;
+    let cfg = medseg_ops::ConvTranspose3dConfig {
+        stride,
+        padding,
+        output_padding: outpad,
+        dilation: [1; 3],
+        groups,
+    };
+    let want = medseg_ops::conv_transpose3d(&x, &w, None, &cfg)?;
+    assert_eq!(want.dims()[2..], out);
+    assert!(max_abs_diff(&ours, &to_vec(&want)) < 1e-4);
+    Ok(())
+}

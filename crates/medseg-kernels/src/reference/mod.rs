@@ -1,9 +1,11 @@
 //! Plain-Rust CPU twins of the CUDA kernels in `kernels/`, one module per `.cu` file (Soft MoE
 //! dispatch/combine reuse the attention kernels and get their own named entry points).
 mod attention;
+mod im2col;
 mod soft_moe;
 
 pub use attention::{AttentionGeom, AttentionGrads, attention_bwd, attention_fwd};
+pub use im2col::{Im2colGeom, col2im, im2col};
 pub use soft_moe::{MoeGeom, soft_moe_combine_geom, soft_moe_dispatch_geom};
 
 /// A buffer or geometry that does not fit a kernel's contract.
