@@ -30,13 +30,18 @@ enum Command {
     Forward(forward::Args),
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     medseg_ops::tune_allocator();
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Predict(args) => predict::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => medseg_train::cli::run(args),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
-    }
+    };
+    // One line per error: the context chain, outermost first (no backtrace dump).
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
 }

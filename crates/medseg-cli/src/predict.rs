@@ -240,6 +240,13 @@ fn plan_jobs(args: &Args) -> Result<Vec<Job>> {
         if inputs.is_empty() {
             bail!("input folder {} contains no .nii or .nii.gz file", input.display());
         }
+        if is_nifti(output) && !output.is_dir() {
+            bail!(
+                "input {} is a folder, so the output must be a folder, got {}",
+                input.display(),
+                output.display()
+            );
+        }
         ensure_out_dir(output, "output")?;
         if let Some(pd) = &args.probabilities {
             ensure_out_dir(pd, "probabilities")?;

@@ -321,6 +321,8 @@ fn bad_inputs_give_one_named_error_and_no_output() {
     std::fs::create_dir(&folder).expect("mkdir");
     std::fs::copy(&good, folder.join("a.nii.gz")).expect("copy");
     std::fs::copy(&corrupt, folder.join("b.nii.gz")).expect("copy");
+    let e = medseg_err(&["predict", "-i", s(&folder), "-o", s(&out), "--model", s(&run)]);
+    assert!(e.contains("must be a folder") && e.contains("seg.nii.gz"), "{e}");
     let fout = tmp.path().join("fout");
     let e = medseg_err(&["predict", "-i", s(&folder), "-o", s(&fout), "--model", s(&run)]);
     assert!(e.contains("1 of 2 inputs failed") && e.contains("b.nii.gz"), "{e}");
