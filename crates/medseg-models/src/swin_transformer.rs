@@ -7,7 +7,7 @@ use candle::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use medseg_ops::{
     Conv3dConfig, conv3d, pad_to_windows, relative_position_index_sliced, roll3d,
-    shifted_window_mask, window_and_shift, window_attention, window_partition, window_reverse,
+    shifted_window_mask, window_and_shift, window_attention_qkv, window_partition, window_reverse,
 };
 
 use crate::checkpoint::{Params, next};
@@ -158,11 +158,6 @@ impl WindowAttention {
         let h = self.num_heads;
         let hd = c / h;
         let qkv = apply_linear(&self.qkv, xs)?;
-        // [Bw, N, 3C] -> [Bw, N, 3, h, hd] -> [3, Bw, h, N, hd]
-        let qkv = qkv.reshape((bw, n, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
-        let q = qkv.get(0)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
         let idx = relative_position_index_sliced(self.window, n)?;
         let idx = Tensor::from_vec(idx, n * n, xs.device())?;
         // table[index[:n, :n]]: [N·N, h] -> [N, N, h] -> [h, N, N]
@@ -172,9 +167,14 @@ impl WindowAttention {
             .reshape((n, n, h))?
             .permute((2, 0, 1))?
             .contiguous()?
-            .to_dtype(q.dtype())?;
+            .to_dtype(qkv.dtype())?;
         let out = if train && self.attn_drop > 0.0 {
             // Composed path so attention dropout can be applied to the weights.
+            // [Bw, N, 3C] -> [Bw, N, 3, h, hd] -> [3, Bw, h, N, hd]
+            let qkv = qkv.reshape((bw, n, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
+            let q = qkv.get(0)?.contiguous()?;
+            let k = qkv.get(1)?.contiguous()?;
+            let v = qkv.get(2)?.contiguous()?;
             let mut attn = (q * self.scale)?.matmul(&k.t()?)?.broadcast_add(&bias.unsqueeze(0)?)?;
             if let Some(m) = mask {
                 let nw = m.dim(0)?;
@@ -185,12 +185,12 @@ impl WindowAttention {
                     .reshape((bw, h, n, n))?;
             }
             let attn = dropout(&medseg_ops::softmax_last_dim(&attn)?, self.attn_drop, train)?;
-            attn.matmul(&v)?
+            // [Bw, h, N, hd] -> [Bw, N, h, hd] -> [Bw, N, C]
+            attn.matmul(&v)?.transpose(1, 2)?.reshape((bw, n, c))?
         } else {
-            window_attention(&q, &k, &v, self.scale, Some(&bias), mask)?
+            // Fused: never materialises the [Bw, h, N, N] attention matrix.
+            window_attention_qkv(&qkv, h, self.scale, Some(&bias), mask)?
         };
-        // [Bw, h, N, hd] -> [Bw, N, h, hd] -> [Bw, N, C]
-        let out = out.transpose(1, 2)?.reshape((bw, n, c))?;
         dropout(&apply_linear(&self.proj, &out)?, self.proj_drop, train)
     }
 }

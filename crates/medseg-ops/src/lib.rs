@@ -26,7 +26,7 @@ pub use activation::{
     softmax_last_dim_reference,
 };
 pub use alloc::tune_allocator;
-pub use attention::window_attention;
+pub use attention::{window_attention, window_attention_qkv, window_attention_qkv_reference};
 pub use conv3d::{
     Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_reference, conv3d,
     conv3d_reference,

@@ -2,6 +2,7 @@
 //! finite differences, PyTorch/MONAI goldens, argument validation.
 
 mod activation;
+mod attention;
 mod conv;
 mod golden;
 mod grad_coverage;

@@ -1,0 +1,86 @@
+//! Fused window attention (`window_attention_qkv`) against its composed twin, forward and the
+//! gradients of `qkv` and the bias; finite differences of both; argument validation.
+use candle::{DType, Device, Tensor};
+use medseg_ops::{shifted_window_mask, window_attention_qkv, window_attention_qkv_reference};
+
+use crate::{OpFn, check_fast_vs_reference, check_finite_differences, rand};
+
+/// A `[nW, N, N]` mask of 0 and −100 with a window-dependent pattern (MONAI's values).
+fn mask(nw: usize, n: usize) -> Tensor {
+    let v: Vec<f32> = (0..nw * n * n)
+        .map(|i| {
+            let (w, r, c) = (i / (n * n), (i / n) % n, i % n);
+            if (r % (w + 2) == 0) != (c % (w + 2) == 0) { -100.0 } else { 0.0 }
+        })
+        .collect();
+    Tensor::from_vec(v, (nw, n, n), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn fused_matches_composed_with_and_without_bias_and_mask() {
+    // Odd token counts exercise the vector tails; 27 = a 3³ window, 45 > 32 lanes.
+    for &(bw, nw, n, heads, hd) in &[(4, 2, 27, 2, 3), (3, 3, 45, 3, 4), (2, 1, 8, 1, 16)] {
+        let c = heads * hd;
+        let qkv = rand(&[bw, n, 3 * c], 1);
+        let bias = (rand(&[heads, n, n], 2) * 0.5).unwrap();
+        let m = mask(nw, n);
+        let scale = (hd as f64).powf(-0.5);
+        let what = format!("bw {bw} nW {nw} N {n} heads {heads} hd {hd}");
+
+        let fast = |t: &[Tensor]| window_attention_qkv(&t[0], heads, scale, Some(&t[1]), Some(&m));
+        let reference = |t: &[Tensor]| {
+            window_attention_qkv_reference(&t[0], heads, scale, Some(&t[1]), Some(&m))
+        };
+        check_fast_vs_reference(&what, &fast, &reference, &[qkv.clone(), bias.clone()], 2e-5);
+
+        let fast = |t: &[Tensor]| window_attention_qkv(&t[0], heads, scale, None, None);
+        let reference =
+            |t: &[Tensor]| window_attention_qkv_reference(&t[0], heads, scale, None, None);
+        check_fast_vs_reference(&format!("{what}, plain"), &fast, &reference, &[qkv], 2e-5);
+    }
+}
+
+#[test]
+fn fused_matches_composed_on_a_real_shift_mask() {
+    // A 2×2×2-window grid of a 6³ volume, window 3, shift 1: MONAI's 27-region mask.
+    let m = shifted_window_mask([6, 6, 6], [3, 3, 3], [1, 1, 1], &Device::Cpu).unwrap();
+    let (nw, n) = (m.dim(0).unwrap(), m.dim(1).unwrap());
+    let (heads, hd) = (2, 4);
+    let qkv = rand(&[2 * nw, n, 3 * heads * hd], 3);
+    let bias = rand(&[heads, n, n], 4);
+    let fast = |t: &[Tensor]| window_attention_qkv(&t[0], heads, 0.5, Some(&t[1]), Some(&m));
+    let reference =
+        |t: &[Tensor]| window_attention_qkv_reference(&t[0], heads, 0.5, Some(&t[1]), Some(&m));
+    check_fast_vs_reference("shift mask", &fast, &reference, &[qkv, bias], 2e-5);
+}
+
+#[test]
+fn fused_and_composed_gradients_match_finite_differences() {
+    let (bw, nw, n, heads, hd) = (2, 2, 10, 2, 3);
+    let m = mask(nw, n);
+    let inputs = [rand(&[bw, n, 3 * heads * hd], 5), rand(&[heads, n, n], 6)];
+    let fast: OpFn = &|t| window_attention_qkv(&t[0], heads, 0.6, Some(&t[1]), Some(&m));
+    check_finite_differences("fused attention", fast, &inputs, DType::F32, 1e-2, 3e-3);
+    let m64 = m.to_dtype(DType::F64).unwrap();
+    let reference: OpFn =
+        &|t| window_attention_qkv_reference(&t[0], heads, 0.6, Some(&t[1]), Some(&m64));
+    check_finite_differences("composed attention", reference, &inputs, DType::F64, 1e-6, 1e-6);
+}
+
+#[test]
+fn fused_keeps_the_input_dtype() {
+    let qkv = rand(&[2, 8, 12], 7).to_dtype(DType::F64).unwrap();
+    let y = window_attention_qkv(&qkv, 2, 0.5, None, None).unwrap();
+    assert_eq!((y.dtype(), y.dims()), (DType::F64, &[2, 8, 4][..]));
+}
+
+#[test]
+fn fused_rejects_bad_shapes() {
+    let qkv = rand(&[4, 8, 12], 8);
+    let err = |r: candle::Result<Tensor>| r.unwrap_err().to_string();
+    assert!(err(window_attention_qkv(&qkv, 3, 1.0, None, None)).contains("divisible by heads"));
+    let bias = rand(&[2, 8, 7], 9);
+    assert!(err(window_attention_qkv(&qkv, 2, 1.0, Some(&bias), None)).contains("bias"));
+    let m = rand(&[3, 8, 8], 10);
+    assert!(err(window_attention_qkv(&qkv, 2, 1.0, None, Some(&m))).contains("nW dividing 4"));
+}
