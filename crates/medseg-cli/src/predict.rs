@@ -23,6 +23,7 @@ use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
 use medseg_models::loader::{load_into_varmap, read_checkpoint};
 use medseg_train::config::Pipeline;
 use medseg_train::{ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_inference};
+use rayon::prelude::*;
 
 /// Arguments of `medseg predict`.
 #[derive(Debug, clap::Args)]
@@ -96,8 +97,12 @@ pub fn run(args: &Args) -> Result<()> {
     let device = device_from_str(&args.device)?;
     let model = load_model(&mut cfg, &weights, &device)?;
     let sw = &cfg.inference;
+    let merge = match &cfg.model {
+        ModelConfig::SwinUnetr(c) => format!(", merge order {:?}", c.resolved_merge_order()),
+        ModelConfig::TinyUnet(_) => String::new(),
+    };
     eprintln!(
-        "model {} ({} classes) from {} (config {cfg_origin})",
+        "model {} ({} classes{merge}) from {} (config {cfg_origin})",
         model_kind(&cfg.model),
         cfg.model.out_channels(),
         weights.display()
@@ -400,29 +405,23 @@ impl Predictor {
             (1, 1, shape[0], shape[1], shape[2]),
             &self.device,
         )?;
-        let probs = self.probabilities(&x)?; // [1, K, D, H, W]
-        let k = probs.dim(1)?;
-        if k != self.cfg.model.out_channels() {
+        let k = self.cfg.model.out_channels();
+        let want_probs = job.probabilities.is_some();
+        // [K·D·H·W] channel-major: probabilities, or raw logits when only labels are needed.
+        let scores = self.scores(&x, shape, want_probs)?;
+        if let Some(v) = scores.iter().position(|v| !v.is_finite()) {
             bail!(
-                "the model returned {k} channels, the config says {}",
-                self.cfg.model.out_channels()
+                "the network produced a non-finite value ({}) in channel {} (broken weights?)",
+                scores[v],
+                v / shape.iter().product::<usize>()
             );
         }
         if let Some(dir) = &job.probabilities {
             ensure_out_dir(dir, "probabilities")?;
-            // [1, K, D, H, W] -> [K·D·H·W]
-            let p: Vec<f32> = probs.flatten_all()?.to_vec1()?;
-            write_probabilities(dir, &p, k, shape, affine, &meta)?;
+            write_probabilities(dir, &scores, k, shape, affine, &meta)?;
         }
-        // [1, K, D, H, W] -> [D·H·W] class indices
-        let labels: Vec<u8> = probs
-            .argmax(1)?
-            .flatten_all()?
-            .to_dtype(DType::U32)?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .map(|v| v as u8)
-            .collect();
+        let labels = argmax_channels(&scores, k);
+        drop(scores);
         write_prediction(&job.output, labels, shape, affine, &meta)?;
         log(format!(
             "{id}: {:?} → network grid {:?} → {} in {:.2} s",
@@ -458,26 +457,97 @@ impl Predictor {
         }
     }
 
-    /// Softmax probabilities `[1, K, D, H, W]`, averaged over the flips of the spatial axes
-    /// with TTA.
-    fn probabilities(&self, x: &Tensor) -> Result<Tensor> {
+    /// Class scores `[K·D·H·W]` (channel-major) of the preprocessed volume `x`: the softmax
+    /// averaged over the 8 flips with TTA; the softmax when `probabilities`; else raw logits
+    /// (same argmax, no extra pass). Peak memory ≈ 2 × K × voxels f32.
+    fn scores(&self, x: &Tensor, shape: [usize; 3], probabilities: bool) -> Result<Vec<f32>> {
+        let k = self.cfg.model.out_channels();
         let flips: Vec<Vec<usize>> = if self.tta { flip_sets() } else { vec![Vec::new()] };
-        let mut acc: Option<Tensor> = None;
+        let mut acc: Vec<f32> = Vec::new();
         for f in &flips {
             let xf = if f.is_empty() { x.clone() } else { x.flip(f)? };
             let logits = sliding_window_inference(&xf, &self.cfg.inference, |t| {
                 Ok(self.model.forward_t(t, false)?)
             })?;
-            let p = candle_nn::ops::softmax(&logits, 1)?;
-            let p = if f.is_empty() { p } else { p.flip(f)? };
-            acc = Some(match acc {
-                None => p,
-                Some(a) => (a + p)?,
-            });
+            let got = logits.dims().to_vec();
+            if got[1] != k {
+                bail!("the model returned {} channels, the config says {k}", got[1]);
+            }
+            // [1, K, D, H, W] -> [K·D·H·W]
+            let mut p: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+            drop(logits);
+            if !self.tta && !probabilities {
+                return Ok(p);
+            }
+            softmax_channels(&mut p, k);
+            // Spatial dims 2, 3, 4 of the tensor are axes 0, 1, 2 of each channel.
+            let axes: Vec<usize> = f.iter().map(|d| d - 2).collect();
+            if acc.is_empty() {
+                acc = if axes.is_empty() { p } else { flip_channels(&p, k, shape, &axes) };
+            } else {
+                let p = if axes.is_empty() { p } else { flip_channels(&p, k, shape, &axes) };
+                acc.par_iter_mut().zip(&p).for_each(|(a, v)| *a += v);
+            }
         }
-        let acc = acc.context("no flip combination")?;
-        Ok((acc / flips.len() as f64)?.contiguous()?)
+        let n = flips.len() as f32;
+        if n > 1.0 {
+            acc.par_iter_mut().for_each(|a| *a /= n);
+        }
+        Ok(acc)
     }
+}
+
+/// In-place softmax over the channels of a channel-major `[K·N]` buffer (max-subtracted).
+fn softmax_channels(p: &mut [f32], k: usize) {
+    let n = p.len() / k;
+    let mut max = vec![f32::NEG_INFINITY; n];
+    for row in p.chunks(n) {
+        max.par_iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+    }
+    let mut sum = vec![0f32; n];
+    for row in p.chunks_mut(n) {
+        row.par_iter_mut().zip(&max).zip(sum.par_iter_mut()).for_each(|((v, m), s)| {
+            *v = (*v - m).exp();
+            *s += *v;
+        });
+    }
+    for row in p.chunks_mut(n) {
+        row.par_iter_mut().zip(&sum).for_each(|(v, s)| *v /= s);
+    }
+}
+
+/// Per-voxel index of the largest channel of a channel-major `[K·N]` buffer (first wins on ties,
+/// as `torch.argmax`).
+fn argmax_channels(p: &[f32], k: usize) -> Vec<u8> {
+    let n = p.len() / k;
+    let mut best = vec![0u8; n];
+    let mut val: Vec<f32> = p[..n].to_vec();
+    for (c, row) in p.chunks(n).enumerate().skip(1) {
+        best.par_iter_mut().zip(val.par_iter_mut()).zip(row).for_each(|((b, m), &v)| {
+            if v > *m {
+                *m = v;
+                *b = c as u8;
+            }
+        });
+    }
+    best
+}
+
+/// Flips every channel of a channel-major `[K·X·Y·Z]` buffer along `axes` (0, 1, 2).
+fn flip_channels(p: &[f32], k: usize, shape: [usize; 3], axes: &[usize]) -> Vec<f32> {
+    let [nx, ny, nz] = shape;
+    let n = nx * ny * nz;
+    let f = |a: usize, i: usize| if axes.contains(&a) { shape[a] - 1 - i } else { i };
+    let mut out = vec![0f32; k * n];
+    out.par_chunks_mut(nz).enumerate().for_each(|(row, dst)| {
+        let (c, rest) = (row / (nx * ny), row % (nx * ny));
+        let (i, j) = (rest / ny, rest % ny);
+        let src = c * n + (f(0, i) * ny + f(1, j)) * nz;
+        for (kk, d) in dst.iter_mut().enumerate() {
+            *d = p[src + f(2, kk)];
+        }
+    });
+    out
 }
 
 /// The 8 subsets of the spatial dims `{2, 3, 4}` of a `[B, C, D, H, W]` tensor, `[]` first.
@@ -532,6 +602,28 @@ fn write_probabilities(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softmax_argmax_and_flip_on_channel_major_buffers() {
+        // 2 channels × 3 voxels.
+        let mut p = vec![1.0f32, 0.0, 5.0, 1.0, 2.0, -5.0];
+        assert_eq!(argmax_channels(&p, 2), vec![0, 1, 0]);
+        softmax_channels(&mut p, 2);
+        assert!((p[0] - 0.5).abs() < 1e-7 && (p[3] - 0.5).abs() < 1e-7);
+        let e2 = 1.0 / (1.0 + 2f32.exp());
+        assert!((p[1] - e2).abs() < 1e-7 && (p[4] - (1.0 - e2)).abs() < 1e-7);
+        for v in 0..3 {
+            assert!((p[v] + p[3 + v] - 1.0).abs() < 1e-6);
+        }
+        // Ties keep the first channel, like torch.argmax.
+        assert_eq!(argmax_channels(&[0.5, 0.5], 2), vec![0]);
+        // 1 channel of shape 2×1×3, flipped along axes 0 and 2.
+        let q: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        assert_eq!(flip_channels(&q, 1, [2, 1, 3], &[0, 2]), vec![5.0, 4.0, 3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(flip_channels(&q, 1, [2, 1, 3], &[0]), vec![3.0, 4.0, 5.0, 0.0, 1.0, 2.0]);
+        let two: Vec<f32> = (0..4).map(|v| v as f32).collect();
+        assert_eq!(flip_channels(&two, 2, [2, 1, 1], &[0]), vec![1.0, 0.0, 3.0, 2.0]);
+    }
 
     #[test]
     fn flip_sets_are_the_eight_subsets() {
