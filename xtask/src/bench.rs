@@ -1,4 +1,4 @@
-//! `cargo xtask bench [ops|models|metrics|data|all]`: release benchmarks writing `target/bench/<suite>.json`,
+//! `cargo xtask bench [ops|models|metrics|data|train|all]`: release benchmarks writing `target/bench/<suite>.json`,
 //! followed by the PyTorch/MONAI comparison script of the suite when the reference venv exists.
 use std::process::Command;
 
@@ -22,15 +22,17 @@ enum Suite {
     Models,
     Metrics,
     Data,
+    Train,
     All,
 }
 
 /// (suite, package, example, comparison script)
-const SUITES: [(Suite, &str, &str, &str); 4] = [
+const SUITES: [(Suite, &str, &str, &str); 5] = [
     (Suite::Ops, "medseg-ops", "bench_ops", "tools/bench/ops_torch.py"),
     (Suite::Models, "medseg-models", "bench_models", "tools/bench/models_monai.py"),
     (Suite::Metrics, "medseg-metrics", "bench_metrics", "tools/bench/metrics_monai.py"),
     (Suite::Data, "medseg-data", "bench_data", "tools/bench/data_nibabel.py"),
+    (Suite::Train, "medseg-train", "bench_train", "tools/bench/train_monai.py"),
 ];
 
 /// Scratch folder of the data benchmark (its NIfTI files are shared with the Python side).
