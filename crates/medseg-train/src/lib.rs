@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod cuda_precision;
 pub mod distributed;
 pub mod error;
 pub mod loss;
