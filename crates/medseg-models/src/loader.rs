@@ -353,6 +353,92 @@ pub fn save_safetensors(varmap: &VarMap, merge_order: MergeOrder, path: &Path) -
     Ok(())
 }
 
+/// What [`load_encoder`] did: the [`LoadReport`] over the encoder (`swinViT.*`) parameters
+/// plus the model parameters outside the encoder, which keep their initial values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncoderReport {
+    /// `loaded` / `missing` over the encoder parameters; `unused` lists every file key that did
+    /// not fill an encoder parameter (SSL heads, the reconstruction decoder, the SSL final norm).
+    pub report: LoadReport,
+    /// Parameters outside `swinViT.` (CNN encoder/decoder, output head) left as initialised.
+    pub not_encoder: Vec<String>,
+}
+
+impl std::fmt::Display for EncoderReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.report;
+        writeln!(
+            f,
+            "encoder: loaded {} of {} swinViT tensors ({} missing), {} file tensors unused, \
+             {} index buffers checked, {} parameters outside the encoder left initialised",
+            r.loaded.len(),
+            r.loaded.len() + r.missing.len(),
+            r.missing.len(),
+            r.unused.len(),
+            r.buffers_checked,
+            self.not_encoder.len()
+        )?;
+        if let Some(m) = r.merge_order {
+            writeln!(f, "  merge_order recorded in the file: {m:?}")?;
+        }
+        for m in &r.missing {
+            writeln!(f, "  missing: {m}")?;
+        }
+        for u in &r.unused {
+            writeln!(f, "  unused: {u}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads only the Swin encoder (`swinViT.*`) of `varmap` from a checkpoint: a medseg pretraining
+/// checkpoint (SSLHead keys), MONAI's released `model_swinvit.pt` (`state_dict`, `module.`, no
+/// `swinViT.` prefix, `fc1`/`fc2`, final `norm.*`), research pretraining runs (`module.swinViT.*`),
+/// the DAE weights, or any Swin UNETR / Swin SMT checkpoint. Keys go through [`rename`].
+///
+/// A shape mismatch is an error naming the key; a file that fills no encoder parameter at all is
+/// [`Error::Missing`] (research-contributions#268 loaded nothing silently).
+pub fn load_encoder(varmap: &VarMap, path: &Path) -> Result<EncoderReport> {
+    const ENC: &str = "swinViT.";
+    let ckpt = read_checkpoint(path)?;
+    let mut enc_ckpt = Checkpoint { tensors: BTreeMap::new(), merge_order: ckpt.merge_order };
+    let mut unused = Vec::new();
+    for (k, t) in ckpt.tensors {
+        match rename(&k) {
+            Some(m) if m.starts_with(ENC) => {
+                enc_ckpt.tensors.insert(k, t);
+            }
+            _ => unused.push(k),
+        }
+    }
+    let enc_vars = VarMap::new();
+    let mut not_encoder = Vec::new();
+    {
+        let src =
+            varmap.data().lock().map_err(|_| candle::Error::Msg("varmap lock poisoned".into()))?;
+        let mut dst = enc_vars
+            .data()
+            .lock()
+            .map_err(|_| candle::Error::Msg("varmap lock poisoned".into()))?;
+        for (k, v) in src.iter() {
+            if k.starts_with(ENC) {
+                // `Var` clones share storage: setting them fills `varmap`.
+                dst.insert(k.clone(), v.clone());
+            } else {
+                not_encoder.push(k.clone());
+            }
+        }
+    }
+    not_encoder.sort();
+    let mut report = load_into_varmap(&enc_vars, &enc_ckpt)?;
+    if report.loaded.is_empty() {
+        return Err(Error::Missing { missing: report.missing });
+    }
+    report.unused.extend(unused);
+    report.unused.sort();
+    Ok(EncoderReport { report, not_encoder })
+}
+
 #[cfg(test)]
 mod tests {
     use super::rename;

@@ -33,6 +33,10 @@ pub struct TrainArgs {
     /// Continue the run in this folder from its last checkpoint (uses the run's config.toml).
     #[arg(long, conflicts_with_all = ["config", "seed", "out"])]
     pub resume: Option<PathBuf>,
+    /// Start the Swin encoder from a pretrained checkpoint (`train.init_from`): a medseg-pretrain
+    /// run's checkpoint or MONAI's `model_swinvit.pt`.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// Trains (or resumes) as `args` say; prints the final validation Dice and the run folder.
@@ -74,6 +78,9 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             }
             if let Some(o) = &args.out {
                 cfg.output.dir = o.clone();
+            }
+            if let Some(p) = &args.init_from {
+                cfg.train.init_from = Some(p.clone());
             }
             let device = device_from_str(&cfg.device)?;
             let plan = cfg.resolve()?;

@@ -134,6 +134,11 @@ pub struct LoopConfig {
     pub val_every: u64,
     /// Save `last` checkpoint every this many optimiser steps (and at validation and the end).
     pub checkpoint_every: u64,
+    /// Pretrained encoder to start from (`swin_unetr` only): a medseg-pretrain checkpoint, MONAI's
+    /// `model_swinvit.pt` or any checkpoint with Swin encoder keys; only `swinViT.*` is loaded
+    /// (medseg-models `load_encoder`), the report goes to stderr and `<run>/init_from.txt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// `[loss]`.

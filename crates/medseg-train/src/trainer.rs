@@ -158,6 +158,12 @@ fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<Stri
 impl Trainer {
     /// Starts a new run: creates the run folder, writes `config.toml`, builds model and optimiser.
     pub fn new(plan: TrainPlan, device: Device) -> Result<Trainer> {
+        let mut plan = plan;
+        if let Some(p) = plan.config.train.init_from.as_mut()
+            && p.is_relative()
+        {
+            *p = std::env::current_dir().map_err(|e| Error::io(".", e))?.join(&*p);
+        }
         std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
         let mut text = format!(
             "# resolved configuration of run {}\n# git {}\n",
@@ -166,7 +172,9 @@ impl Trainer {
         );
         text.push_str(&plan.config.to_toml()?);
         checkpoint::write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
-        Trainer::build(plan, device, TrainState::new())
+        let t = Trainer::build(plan, device, TrainState::new())?;
+        t.init_from_pretrained()?;
+        Ok(t)
     }
 
     /// Continues the run in `run_dir` from `checkpoints/last.*` with its saved `config.toml`.
@@ -522,6 +530,33 @@ impl Trainer {
         s.push_str("## Validation (Dice, HD95 in mm, NSD)\n\n");
         s.push_str(&rep.to_markdown());
         s
+    }
+}
+
+impl Trainer {
+    /// `train.init_from`: fills the Swin encoder (`swinViT.*`) from a pretrained checkpoint
+    /// (medseg-models `load_encoder`) and writes the report to stderr and `<run>/init_from.txt`.
+    fn init_from_pretrained(&self) -> Result<()> {
+        let Some(path) = &self.plan.config.train.init_from else { return Ok(()) };
+        let crate::model::ModelConfig::SwinUnetr(mcfg) = &self.plan.config.model else {
+            return Err(Error::Config(format!(
+                "train.init_from ({}) loads a Swin encoder: it needs model.kind = \"swin_unetr\"",
+                path.display()
+            )));
+        };
+        let rep = medseg_models::loader::load_encoder(&self.varmap, path)
+            .map_err(|e| Error::Checkpoint { path: path.clone(), reason: e.to_string() })?;
+        let mut text = format!("init_from {}\n{rep}", path.display());
+        if let Some(m) = rep.report.merge_order
+            && mcfg.merge_order != Some(m)
+        {
+            text.push_str(&format!(
+                "  warning: the file was trained with merge_order {m:?}, the model uses {:?}\n",
+                mcfg.merge_order
+            ));
+        }
+        eprint!("{text}");
+        checkpoint::write_atomic(&self.plan.run_dir.join("init_from.txt"), text.as_bytes())
     }
 }
 
