@@ -4,6 +4,7 @@ mod bench;
 mod cuda;
 mod golden;
 mod gpu_bundle;
+mod pretrain;
 mod test;
 #[cfg(test)]
 mod tidy;
@@ -34,6 +35,8 @@ enum Task {
     CudaSetup(cuda::Args),
     /// Build stripped `cuda` test/release binaries + inputs + run.sh into target/gpu-bundle.
     GpuBundle(gpu_bundle::Args),
+    /// Self-supervised pretraining of the Swin encoder (embedded default: the phantom, CPU).
+    Pretrain(pretrain::Args),
     /// Regenerate golden files from PyTorch/MONAI (needs the reference venv; never run in CI).
     Golden(golden::Args),
 }
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
         Task::Bench(a) => bench::run(a),
         Task::Train(a) => train::run(a),
         Task::Golden(a) => golden::run(a),
+        Task::Pretrain(a) => pretrain::run(a),
         Task::CudaSetup(a) => cuda::run(a),
         Task::GpuBundle(a) => gpu_bundle::run(a),
     }
