@@ -20,6 +20,7 @@ use medseg_data::dataset::{DataItem, case_id, load_sample};
 use medseg_data::spatial::{Interp, Padding, resample_to_grid};
 use medseg_data::transforms::{self, Compose, Meta};
 use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
+use medseg_models::MergeOrder;
 use medseg_models::loader::{load_into_varmap, read_checkpoint};
 use medseg_train::config::Pipeline;
 use medseg_train::{ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_inference};
@@ -64,6 +65,11 @@ pub struct Args {
     /// Windows per forward pass (default: the config's `inference.sw_batch_size`).
     #[arg(long)]
     pub sw_batch_size: Option<usize>,
+    /// Swin UNETR patch-merging order: legacy (MONAI < 1.5: every published BTCV/SSL/Swin SMT
+    /// checkpoint), fixed (MONAI ≥ 1.5 "merging"), v2 ("mergingv2"). Default: the config's
+    /// `merge_order`, else the weights' metadata, else MONAI 1.6.1 semantics of `downsample`.
+    #[arg(long, value_parser = ["legacy", "fixed", "v2"])]
+    pub merge_order: Option<String>,
 }
 
 /// One input and where its outputs go.
@@ -92,10 +98,23 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(b) = args.sw_batch_size {
         cfg.inference.sw_batch_size = b;
     }
+    if let Some(o) = &args.merge_order {
+        match &mut cfg.model {
+            ModelConfig::SwinUnetr(c) => c.merge_order = Some(MergeOrder::parse(o)?),
+            ModelConfig::TinyUnet(_) => bail!("--merge-order applies to swin_unetr models only"),
+        }
+    }
     cfg.validate().with_context(|| format!("checking config {cfg_origin}"))?;
+    if cfg.model.in_channels() != 1 {
+        bail!(
+            "the model of {cfg_origin} takes {} input channels; medseg predict feeds one \
+             single-channel image",
+            cfg.model.in_channels()
+        );
+    }
     let jobs = plan_jobs(args)?;
     let device = device_from_str(&args.device)?;
-    let model = load_model(&mut cfg, &weights, &device)?;
+    let model = load_model(&mut cfg, &weights, &device, args.model.is_dir())?;
     let sw = &cfg.inference;
     let merge = match &cfg.model {
         ModelConfig::SwinUnetr(c) => format!(", merge order {:?}", c.resolved_merge_order()),
@@ -299,13 +318,28 @@ fn plan_jobs(args: &Args) -> Result<Vec<Job>> {
 }
 
 /// Builds the network of `cfg` and fills it from `weights` (every parameter required).
-fn load_model(cfg: &mut TrainConfig, weights: &Path, device: &Device) -> Result<Box<dyn SegModel>> {
+/// `from_run`: the weights come from a run folder trained with `cfg` itself.
+fn load_model(
+    cfg: &mut TrainConfig,
+    weights: &Path,
+    device: &Device,
+    from_run: bool,
+) -> Result<Box<dyn SegModel>> {
     let ckpt = read_checkpoint(weights)
         .with_context(|| format!("reading weights {}", weights.display()))?;
     if let ModelConfig::SwinUnetr(c) = &mut cfg.model
         && c.merge_order.is_none()
     {
         c.merge_order = ckpt.merge_order;
+        if c.merge_order.is_none() && !from_run {
+            eprintln!(
+                "warning: neither the config nor {} records the patch-merging order; using \
+                 {:?} (MONAI 1.6.1 semantics). Weights trained before MONAI 1.5 (every \
+                 published BTCV/SSL/Swin SMT checkpoint) need --merge-order legacy",
+                weights.display(),
+                c.resolved_merge_order()
+            );
+        }
     }
     if cfg.model.out_channels() > 256 {
         bail!(

@@ -4,7 +4,8 @@ Writes a random MONAI SwinUNETR (feature_size 12, 3 classes) as a research-style
 (`{"state_dict": ...}`), a 96x64x80 RAS CT at 2 mm whose voxels are all foreground (so the
 BTCV validation transforms are Orientation/Spacing identities, intensity scaling and no crop),
 runs MONAI `sliding_window_inference` (roi 64, overlap 0.5, gaussian) + softmax + argmax and
-compares with `medseg predict --probabilities` on the same file.
+compares with `medseg predict --probabilities --merge-order fixed` (MONAI 1.6.1's default
+"merging") on the same file.
 
     ~/.venvs/ref/bin/python crates/medseg-cli/tools/predict_monai_check.py target/release/medseg
 """
@@ -46,7 +47,7 @@ def main(medseg: str) -> None:
     subprocess.run(
         [medseg, "predict", "-i", tmp / "ct.nii.gz", "-o", tmp / "seg.nii.gz",
          "--model", tmp / "swin.pt", "--config", tmp / "swin.toml",
-         "--probabilities", tmp / "probs"],
+         "--probabilities", tmp / "probs", "--merge-order", "fixed"],
         check=True,
     )
     ours = nib.load(tmp / "seg.nii.gz")

@@ -281,6 +281,26 @@ fn bad_inputs_give_one_named_error_and_no_output() {
     assert!(e.contains("best.safetensors") && e.contains("shape mismatch"), "{e}");
     assert!(e.contains("out.conv"), "{e}");
 
+    // A config whose model wants two input channels.
+    let mut two = crate::util::tiny_config(CLASSES);
+    if let medseg_train::ModelConfig::TinyUnet(c) = &mut two.model {
+        c.in_channels = 2;
+    }
+    let cfg2 = tmp.path().join("two_channels.toml");
+    std::fs::write(&cfg2, two.to_toml().expect("toml")).expect("write");
+    let e = medseg_err(&[
+        "predict",
+        "-i",
+        s(&good),
+        "-o",
+        s(&out),
+        "--model",
+        s(&weights),
+        "--config",
+        s(&cfg2),
+    ]);
+    assert!(e.contains("two_channels.toml") && e.contains("2 input channels"), "{e}");
+
     // Weights of another architecture: nothing matches.
     let e = medseg_err(&[
         "predict",
