@@ -137,6 +137,10 @@ pub fn window_attention_qkv_reference(
     out.transpose(1, 2)?.reshape((g.bw, g.n, g.c))
 }
 
+/// Window groups of the backward, each with its own bias-gradient accumulator (fixed, so the sum
+/// order is too).
+const BIAS_GROUPS: usize = 8;
+
 /// Sizes of a fused window-attention call, validated once.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
@@ -298,12 +302,17 @@ impl CustomOp2 for FusedWindowAttentionBackward {
         let nb = if self.has_bias { g.heads * g.n * g.n } else { 0 };
         let mut out = vec![0f32; g.bw * g.n * 3 * g.c + nb];
         let (dqkv, dbias_out) = out.split_at_mut(g.bw * g.n * 3 * g.c);
-        let dbias = dqkv
-            .par_chunks_mut(g.n * 3 * g.c)
+        // Windows are cut into a fixed number of groups, each with its own bias accumulator,
+        // summed in group order: the result does not depend on thread count or scheduling
+        // (a resumed run must repeat the uninterrupted one bit for bit).
+        let per_group = g.bw.div_ceil(BIAS_GROUPS.min(g.bw).max(1));
+        let partial: Vec<Vec<f32>> = dqkv
+            .par_chunks_mut(per_group * g.n * 3 * g.c)
             .enumerate()
-            .fold(
-                || vec![0f32; nb],
-                |mut acc, (b, dqkv_w)| {
+            .map(|(gi, dqkv_group)| {
+                let mut acc = vec![0f32; nb];
+                for (j, dqkv_w) in dqkv_group.chunks_mut(g.n * 3 * g.c).enumerate() {
+                    let b = gi * per_group + j;
                     let qkv_w = &qkv[b * g.n * 3 * g.c..(b + 1) * g.n * 3 * g.c];
                     let mask_w = &mask[(b % g.nw) * g.n * g.n..(b % g.nw + 1) * g.n * g.n];
                     let dout_w = &dout[b * g.n * g.c..(b + 1) * g.n * g.c];
@@ -320,18 +329,16 @@ impl CustomOp2 for FusedWindowAttentionBackward {
                             dbias: (nb > 0).then_some(acc.as_mut_slice()),
                         }),
                     });
-                    acc
-                },
-            )
-            .reduce(
-                || vec![0f32; nb],
-                |mut a, b| {
-                    for (x, y) in a.iter_mut().zip(&b) {
-                        *x += y;
-                    }
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let mut dbias = vec![0f32; nb];
+        for p in &partial {
+            for (x, y) in dbias.iter_mut().zip(p) {
+                *x += y;
+            }
+        }
         dbias_out.copy_from_slice(&dbias);
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

@@ -84,3 +84,23 @@ fn fused_rejects_bad_shapes() {
     let m = rand(&[3, 8, 8], 10);
     assert!(err(window_attention_qkv(&qkv, 2, 1.0, None, Some(&m))).contains("nW dividing 4"));
 }
+
+#[test]
+fn fused_backward_is_bitwise_repeatable() {
+    // 40 windows: several bias-accumulator groups, summed in a fixed order.
+    let (bw, n, heads, hd) = (40, 27, 3, 4);
+    let m = mask(4, n);
+    let run = || {
+        let qkv = candle::Var::from_tensor(&rand(&[bw, n, 3 * heads * hd], 12)).unwrap();
+        let bias = candle::Var::from_tensor(&rand(&[heads, n, n], 13)).unwrap();
+        let y = window_attention_qkv(qkv.as_tensor(), heads, 0.5, Some(bias.as_tensor()), Some(&m))
+            .unwrap();
+        let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        (flat(g.get(qkv.as_tensor()).unwrap()), flat(g.get(bias.as_tensor()).unwrap()))
+    };
+    let first = run();
+    for _ in 0..3 {
+        assert!(run() == first, "the fused backward changed between identical runs");
+    }
+}
