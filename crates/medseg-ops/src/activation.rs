@@ -20,6 +20,10 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
             x.dims()
         )
     }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::softmax_last_dim(x);
+    }
     let len = x.dim(D::Minus1)?;
     let dtype = x.dtype();
     f32_contiguous(x)?.apply_op1(Softmax { len })?.to_dtype(dtype)
@@ -27,11 +31,19 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// GELU with the exact erf form, `0.5·x·(1 + erf(x/√2))` (PyTorch's and MONAI's default).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::gelu(x);
+    }
     unary(x, Unary::Gelu)
 }
 
 /// `max(x, 0) + slope·min(x, 0)`; MONAI's CNN blocks use slope 0.01.
 pub fn leaky_relu(x: &Tensor, negative_slope: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::leaky_relu(x, negative_slope);
+    }
     unary(x, Unary::LeakyRelu(negative_slope as f32))
 }
 

@@ -67,6 +67,10 @@ impl ConvTranspose3dConfig {
 /// Output `[N, Co, Do, Ho, Wo]` with `Do = (D + 2p − d·(k − 1) − 1) / s + 1` per axis.
 /// f32 runs natively; other float dtypes are computed in f32 and cast back.
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::conv3d(x, w, bias, cfg);
+    }
     apply_conv(x, w, bias, Conv3dOp(conv_geom(x, w, bias, cfg)?))
 }
 
@@ -81,6 +85,10 @@ pub fn conv_transpose3d(
     bias: Option<&Tensor>,
     cfg: &ConvTranspose3dConfig,
 ) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::conv_transpose3d(x, w, bias, cfg);
+    }
     apply_conv(x, w, bias, ConvTranspose3dOp(conv_transpose_geom(x, w, bias, cfg)?))
 }
 

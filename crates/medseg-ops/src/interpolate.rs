@@ -32,6 +32,10 @@ pub enum Resize {
 /// Resizes `x` `[N, C, D, H, W]`.
 pub fn interpolate3d(x: &Tensor, resize: Resize, mode: InterpolationMode) -> Result<Tensor> {
     let taps = plan(x, resize, mode)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::interpolate3d(x, resize, mode);
+    }
     let dtype = x.dtype();
     f32_contiguous(x)?.apply_op1(Interpolate { taps })?.to_dtype(dtype)
 }

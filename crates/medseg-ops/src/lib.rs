@@ -15,6 +15,16 @@ mod alloc;
 mod attention;
 mod conv3d;
 mod conv_kernels;
+#[cfg(feature = "cuda")]
+mod cuda_attention;
+#[cfg(feature = "cuda")]
+mod cuda_conv;
+#[cfg(feature = "cuda")]
+mod cuda_launch;
+#[cfg(feature = "cuda")]
+mod cuda_ops;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_tests;
 mod interpolate;
 mod norm;
 mod simd;
@@ -31,6 +41,13 @@ pub use conv3d::{
     Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_reference, conv3d,
     conv3d_reference,
 };
+#[cfg(feature = "cuda")]
+pub use cuda_attention::{
+    fused_attention, soft_moe_combine, soft_moe_dispatch, window_attention_fused,
+    window_attention_qkv_fused,
+};
+#[cfg(feature = "cuda")]
+pub use cuda_conv::{conv_transpose3d_col2im, conv3d_im2col};
 pub use interpolate::{InterpolationMode, Resize, interpolate3d, interpolate3d_reference};
 pub use norm::{instance_norm3d, instance_norm3d_reference, layer_norm, layer_norm_reference};
 pub use window::{

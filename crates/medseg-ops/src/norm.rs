@@ -22,6 +22,10 @@ pub fn instance_norm3d(
     eps: f64,
 ) -> Result<Tensor> {
     let (c, spatial) = check_instance("instance_norm3d", x, weight, bias)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::instance_norm3d(x, weight, bias, eps);
+    }
     let dtype = x.dtype();
     let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
     affine(y, weight, bias, &channel_shape(x.rank(), c))?.to_dtype(dtype)
@@ -37,6 +41,10 @@ pub fn layer_norm(
     eps: f64,
 ) -> Result<Tensor> {
     let c = check_last("layer_norm", x, weight, bias)?;
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        return crate::cuda_ops::layer_norm(x, weight, bias, eps);
+    }
     let dtype = x.dtype();
     if let (Some(w), Some(b)) = (weight, bias) {
         // The common case (Swin blocks): one fused op, forward and backward.
