@@ -97,6 +97,10 @@ pub fn window_attention_qkv(
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let geom = Geometry::new(qkv, heads, bias, mask)?;
+    #[cfg(feature = "cuda")]
+    if qkv.device().is_cuda() {
+        return crate::cuda_attention::window_attention_qkv_fused(qkv, heads, scale, bias, mask);
+    }
     if !qkv.device().is_cpu() {
         return window_attention_qkv_reference(qkv, heads, scale, bias, mask);
     }

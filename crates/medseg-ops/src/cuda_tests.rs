@@ -386,3 +386,53 @@ fn cuda_pointwise_ops_match_cpu_reference() -> candle::Result<()> {
     }
     Ok(())
 }
+
+/// `window_attention_qkv` (MONAI's raw qkv layout) and the gradients of `qkv` and `bias`.
+fn run_qkv(fused: bool, dev: &Device, dtype: DType) -> candle::Result<Vec<Tensor>> {
+    let cpu = Device::Cpu;
+    let (bw, n, heads, hd, nw) = (4, 27, 2, 8, 2);
+    let qkv = Var::from_tensor(
+        &rand(&[bw, n, 3 * heads * hd], 81, &cpu)?.to_device(dev)?.to_dtype(dtype)?,
+    )?;
+    let bias = Var::from_tensor(&rand(&[heads, n, n], 82, &cpu)?.to_device(dev)?.to_dtype(dtype)?)?;
+    let m = mask(nw, n, &cpu)?.to_device(dev)?.to_dtype(dtype)?;
+    let scale = (hd as f64).powf(-0.5);
+    let y = if fused {
+        crate::window_attention_qkv_fused(&qkv, heads, scale, Some(bias.as_tensor()), Some(&m))?
+    } else {
+        crate::window_attention_qkv(&qkv, heads, scale, Some(bias.as_tensor()), Some(&m))?
+    };
+    let w = Tensor::from_vec(values(y.elem_count(), 83), y.dims(), &cpu)?.to_device(dev)?;
+    let g = y.to_dtype(DType::F32)?.mul(&w)?.sum_all()?.backward()?;
+    let mut res = vec![y];
+    for v in [&qkv, &bias] {
+        match g.get(v.as_tensor()) {
+            Some(t) => res.push(t.clone()),
+            None => candle::bail!("missing gradient"),
+        }
+    }
+    Ok(res)
+}
+
+#[test]
+fn fused_qkv_window_attention_on_cpu_matches_cpu_kernel() -> candle::Result<()> {
+    let want = run_qkv(false, &Device::Cpu, DType::F32)?;
+    let got = run_qkv(true, &Device::Cpu, DType::F32)?;
+    for (name, (a, b)) in ["y", "dqkv", "dbias"].iter().zip(want.iter().zip(&got)) {
+        let d = max_diff(a, b)?;
+        assert!(d < 1e-5, "{name}: {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_qkv_window_attention_matches_cpu_reference() -> candle::Result<()> {
+    let test = "cuda_qkv_window_attention_matches_cpu_reference";
+    let Some(dev) = cuda_device(test) else { return Ok(()) };
+    let want = run_qkv(false, &Device::Cpu, DType::F32)?;
+    // `window_attention_qkv` dispatches to the fused kernels on CUDA.
+    let got = run_qkv(false, &dev, DType::F32)?;
+    compare_on_cuda(test, &want, &got, &["y", "dqkv", "dbias"], TOL_F32)?;
+    let got = run_qkv(false, &dev, DType::BF16)?;
+    compare_on_cuda(test, &want, &got, &["y", "dqkv", "dbias"], TOL_BF16)
+}
