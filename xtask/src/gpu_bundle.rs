@@ -13,8 +13,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cargo, cuda, project_root, run_cmd};
 
-/// Crates whose test binaries carry CUDA tests (they skip with a printed reason on CPU).
-const TEST_CRATES: &[&str] = &["medseg-kernels", "medseg-ops"];
+/// Crates whose test binaries carry CUDA tests (they skip with a printed reason on CPU); run.sh
+/// runs only the tests whose name contains `cuda` (the others read fixtures from the source tree).
+const TEST_CRATES: &[&str] = &["medseg-ops", "medseg-models"];
 
 /// `(package, kind, name)` of the release binaries.
 const BINARIES: &[(&str, &str, &str)] = &[
@@ -66,36 +67,33 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::create_dir_all(out.join(sub))?;
     }
 
-    // Test binaries: `cargo test --no-run` prints their paths in its JSON messages.
+    // One `cargo test --no-run` builds the test binaries, the binaries (for integration tests)
+    // and the examples with one feature resolution; its JSON messages name every executable.
     let mut cmd = cargo();
     cmd.args(["test", "--no-run", "--release", "--features", "cuda", "--message-format=json"]);
-    for c in TEST_CRATES {
+    for c in TEST_CRATES.iter().chain(BINARIES.iter().map(|(p, _, _)| p)) {
         cmd.args(["-p", c]);
     }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let json = output_of(&mut cmd)?;
-    let tests = executables(&json);
-    if tests.is_empty() {
-        bail!("cargo test --no-run listed no test executables");
+    let artifacts = executables(&json);
+    let mut tests = 0;
+    // The library unit-test binaries hold the `cuda` tests.
+    let cuda_tests =
+        |a: &&Artifact| a.test && a.kind == "lib" && TEST_CRATES.contains(&&*a.package);
+    for a in artifacts.iter().filter(cuda_tests) {
+        pack(&a.path, &out.join("tests"))?;
+        tests += 1;
     }
-    for exe in &tests {
-        pack(exe, &out.join("tests"))?;
+    if tests == 0 {
+        bail!("cargo test --no-run listed no test executables of {TEST_CRATES:?}");
     }
-
-    let mut cmd = cargo();
-    cmd.args(["build", "--release", "--features", "cuda", "--message-format=json"]);
     for (package, kind, name) in BINARIES {
-        cmd.args(["-p", package, &format!("--{kind}"), name]);
-    }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let json = output_of(&mut cmd)?;
-    let bins = executables(&json);
-    for (_, _, name) in BINARIES {
-        let exe = bins
+        let exe = artifacts
             .iter()
-            .find(|p| p.file_name().is_some_and(|f| f == *name))
-            .with_context(|| format!("no executable `{name}` in cargo's output"))?;
-        pack(exe, &out.join("bin"))?;
+            .find(|a| !a.test && a.package == *package && a.kind == *kind && a.name == *name)
+            .with_context(|| format!("no {kind} `{name}` of {package} in cargo's output"))?;
+        pack(&exe.path, &out.join("bin"))?;
     }
     for input in INPUTS {
         let src = root.join(input);
@@ -126,20 +124,42 @@ fn output_of(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The `"executable":"…"` paths in cargo's JSON messages (null executables are skipped).
-fn executables(json: &str) -> Vec<PathBuf> {
-    let key = "\"executable\":\"";
-    let mut out: Vec<PathBuf> = json
-        .lines()
+/// One executable reported by cargo.
+struct Artifact {
+    path: PathBuf,
+    /// Package name (from the package id `…/crates/<name>#0.0.0`).
+    package: String,
+    /// First target kind: `lib`, `bin`, `example`, `test`, …
+    kind: String,
+    /// Target name.
+    name: String,
+    /// Built with the test harness.
+    test: bool,
+}
+
+/// The string value after `key` (`"key":"value"`) in `line`.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pat = format!("\"{key}\":\"");
+    let start = line.find(&pat)? + pat.len();
+    let end = line[start..].find('"')?;
+    Some(&line[start..start + end])
+}
+
+/// The compiler-artifact messages with an executable (cargo's JSON, one object per line).
+fn executables(json: &str) -> Vec<Artifact> {
+    json.lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
         .filter_map(|line| {
-            let start = line.find(key)? + key.len();
-            let end = line[start..].find('"')?;
-            Some(PathBuf::from(&line[start..start + end]))
+            let path = PathBuf::from(field(line, "executable")?);
+            let id = field(line, "package_id")?;
+            let package = id.rsplit('/').next()?.split(['#', '@', ' ']).next()?.to_string();
+            let target = &line[line.find("\"target\":")?..];
+            let kind = target.split("\"kind\":[\"").nth(1)?.split('"').next()?.to_string();
+            let name = field(target, "name")?.to_string();
+            let test = line.contains("\"test\":true");
+            Some(Artifact { path, package, kind, name, test })
         })
-        .collect();
-    out.sort();
-    out.dedup();
-    out
+        .collect()
 }
 
 /// Copies `exe` into `dir` as `<name>.xz` (xz -9, kept executable after decompression by run.sh).
@@ -184,7 +204,7 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
     case "$t" in *.xz) continue;; esac
     echo "== $t"
     # --nocapture shows the "skipped, no CUDA device" lines if the device is missing.
-    "$t" --test-threads=1 --nocapture 2>&1 | tee "logs/$(basename "$t").txt" || status=1
+    "$t" cuda --test-threads=1 --nocapture 2>&1 | tee "logs/$(basename "$t").txt" || status=1
   done
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
