@@ -18,7 +18,7 @@ use candle_nn::{VarBuilder, VarMap};
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::dataset::{DataItem, case_id, load_sample};
 use medseg_data::spatial::{Interp, Padding, resample_to_grid};
-use medseg_data::transforms::{self, Compose, Meta};
+use medseg_data::transforms::{Compose, Meta};
 use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
 use medseg_models::MergeOrder;
 use medseg_models::loader::{load_into_varmap, read_checkpoint};
@@ -41,7 +41,7 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// Embedded training preset giving architecture, preprocessing and sliding window
-    /// (phantom, phantom_swin, btcv, msd_spleen, totalseg_smt).
+    /// (phantom, phantom_unet, btcv, msd_spleen, totalseg_smt).
     #[arg(long, conflicts_with = "config")]
     pub preset: Option<String>,
     /// Training config TOML giving architecture, preprocessing and sliding window (overrides a
@@ -134,7 +134,7 @@ pub fn run(args: &Args) -> Result<()> {
         sw.sw_batch_size,
         if args.tta { "; TTA over 8 flips" } else { "" }
     );
-    let transforms = validation_transforms(&cfg);
+    let transforms = cfg.data.val_transforms();
     let p = Predictor { cfg, model, transforms, device, tta: args.tta };
     if args.input.is_dir() {
         run_folder(&p, &jobs)
@@ -142,17 +142,6 @@ pub fn run(args: &Args) -> Result<()> {
         let job = &jobs[0];
         p.predict(job, &|m| eprintln!("{m}"))
             .with_context(|| format!("predicting {}", job.input.display()))
-    }
-}
-
-/// The deterministic validation pipeline of a run, exactly as `Trainer` builds it.
-///
-/// `medseg_train` keeps this choice inside the trainer's private loader setup; it should become
-/// a public `DataConfig::val_transforms()` there so this match lives in one place.
-fn validation_transforms(cfg: &TrainConfig) -> Compose {
-    match cfg.data.pipeline {
-        Pipeline::Btcv => transforms::btcv_val(&cfg.data.btcv()),
-        Pipeline::Smt => transforms::smt_val(cfg.data.roi),
     }
 }
 

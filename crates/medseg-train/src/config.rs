@@ -2,11 +2,12 @@
 //! (TOML, every field documented, unknown fields rejected); [`TrainConfig::resolve`] checks the
 //! cross-field rules and produces a [`TrainPlan`] with absolute paths and the run folder.
 //!
-//! Embedded presets: `phantom` (the default of `cargo xtask train`), `phantom_swin`, `btcv`, `msd_spleen`,
+//! Embedded presets: `phantom` (the default of `cargo xtask train`, tiny Swin UNETR), `phantom_unet`, `btcv`, `msd_spleen`,
 //! `totalseg_smt` — the files under `crates/medseg-train/configs/`.
 use std::path::{Path, PathBuf};
 
-use medseg_data::transforms::BtcvConfig;
+use medseg_data::Compose;
+use medseg_data::transforms::{self, BtcvConfig};
 
 use crate::loss::{DiceCeConfig, LossKind};
 use crate::model::ModelConfig;
@@ -104,6 +105,23 @@ pub struct DataConfig {
 }
 
 impl DataConfig {
+    /// The training pipeline these fields describe (random crops and augmentation).
+    pub fn train_transforms(&self) -> Compose {
+        match self.pipeline {
+            Pipeline::Btcv => transforms::btcv_train(&self.btcv()),
+            Pipeline::Smt => transforms::smt_train(self.roi),
+        }
+    }
+
+    /// The deterministic pipeline of validation and inference (`medseg predict`): orientation,
+    /// spacing, intensity scaling, foreground crop.
+    pub fn val_transforms(&self) -> Compose {
+        match self.pipeline {
+            Pipeline::Btcv => transforms::btcv_val(&self.btcv()),
+            Pipeline::Smt => transforms::smt_val(self.roi),
+        }
+    }
+
     /// The medseg-data BTCV transform parameters these fields describe.
     pub fn btcv(&self) -> BtcvConfig {
         BtcvConfig {
@@ -193,13 +211,13 @@ pub struct OutputConfig {
 }
 
 /// Names of the embedded presets.
-pub const PRESETS: [&str; 5] = ["phantom", "phantom_swin", "btcv", "msd_spleen", "totalseg_smt"];
+pub const PRESETS: [&str; 5] = ["phantom", "phantom_unet", "btcv", "msd_spleen", "totalseg_smt"];
 
 /// The TOML text of an embedded preset.
 pub fn preset_text(name: &str) -> Option<&'static str> {
     match name {
         "phantom" => Some(include_str!("../configs/phantom.toml")),
-        "phantom_swin" => Some(include_str!("../configs/phantom_swin.toml")),
+        "phantom_unet" => Some(include_str!("../configs/phantom_unet.toml")),
         "btcv" => Some(include_str!("../configs/btcv.toml")),
         "msd_spleen" => Some(include_str!("../configs/msd_spleen.toml")),
         "totalseg_smt" => Some(include_str!("../configs/totalseg_smt.toml")),

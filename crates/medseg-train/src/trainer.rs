@@ -13,13 +13,11 @@ use std::time::Instant;
 use candle::{DType, Device};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
-use medseg_data::{
-    Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom, transforms,
-};
+use medseg_data::{Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom};
 use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
 
 use crate::checkpoint::{self, LogRow, TrainState};
-use crate::config::{CacheKind, Pipeline, TrainConfig, TrainPlan};
+use crate::config::{CacheKind, TrainConfig, TrainPlan};
 use crate::model::SegModel;
 use crate::optim::{AdamW, Grads};
 use crate::schedule::ScheduleUnit;
@@ -124,13 +122,7 @@ fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<Stri
     let names: Vec<String> = (0..nc)
         .map(|c| dl.labels.get(&(c as u32)).cloned().unwrap_or(format!("class_{c}")))
         .collect();
-    let (train_t, val_t) = match cfg.data.pipeline {
-        Pipeline::Btcv => {
-            let b = cfg.data.btcv();
-            (transforms::btcv_train(&b), transforms::btcv_val(&b))
-        }
-        Pipeline::Smt => (transforms::smt_train(cfg.data.roi), transforms::smt_val(cfg.data.roi)),
-    };
+    let (train_t, val_t) = (cfg.data.train_transforms(), cfg.data.val_transforms());
     let cache = |sub: &str| match cfg.data.cache {
         CacheKind::None => CacheMode::None,
         CacheKind::Memory => CacheMode::Memory,
