@@ -39,7 +39,7 @@ def main(medseg: str) -> None:
     affine[:3, 3] = [-90.0, -60.0, -70.0]
     nib.save(nib.Nifti1Image(hu, affine), tmp / "ct.nii.gz")
 
-    cfg = (ROOT / "crates/medseg-train/configs/phantom_swin.toml").read_text()
+    cfg = (ROOT / "crates/medseg-train/configs/phantom.toml").read_text()
     cfg = re.sub(r"out_channels = 6", "out_channels = 3", cfg)
     cfg = re.sub(r"overlap = [0-9.]+", "overlap = 0.5", cfg)
     (tmp / "swin.toml").write_text(cfg)

@@ -131,15 +131,11 @@ pub fn assert_all_vars_have_grad(varmap: &VarMap, grads: &GradStore) {
 /// The shared real-data folder (`../shared/data` next to the checkout), or `None` after printing
 /// why the calling test is skipped.
 pub fn shared_data_dir(manifest_dir: &str) -> Option<PathBuf> {
-    let mut dir = Path::new(manifest_dir).to_path_buf();
-    // crates/<name> -> workspace root -> its parent holds shared/.
-    for _ in 0..3 {
+    // crates/<name> -> crates -> workspace root -> its parent holds shared/.
+    for dir in Path::new(manifest_dir).ancestors().take(4) {
         let candidate = dir.join("shared").join("data");
         if candidate.is_dir() {
             return Some(candidate);
-        }
-        if !dir.pop() {
-            break;
         }
     }
     eprintln!("skipped: ../shared/data not found next to the checkout (real CT fixtures absent)");

@@ -17,7 +17,7 @@ use crate::{RunOptions, TrainConfig, Trainer, device_from_str};
 /// Arguments of training (config fields: docs/training.md).
 #[derive(Debug, Clone, clap::Args)]
 pub struct TrainArgs {
-    /// TOML config file, or a preset name: phantom (default), phantom_swin, btcv, msd_spleen,
+    /// TOML config file, or a preset name: phantom (default), phantom_unet, btcv, msd_spleen,
     /// totalseg_smt.
     #[arg(long, default_value = "phantom")]
     pub config: String,

@@ -146,7 +146,7 @@ fn train_init_from_needs_a_swin_model_and_reports_what_it_loaded() {
     )
     .expect("phantom");
     // tiny_unet: no Swin encoder to fill
-    let mut c = medseg_train::TrainConfig::preset("phantom").expect("preset");
+    let mut c = medseg_train::TrainConfig::preset("phantom_unet").expect("preset");
     c.data.datalist = phantom.clone();
     c.data.num_workers = 0;
     c.output.dir = tmp.path().join("runs");
@@ -155,7 +155,7 @@ fn train_init_from_needs_a_swin_model_and_reports_what_it_loaded() {
         medseg_train::Trainer::new(c.resolve().expect("plan"), Device::Cpu).expect_err("tiny unet");
     assert!(e.to_string().contains("swin_unetr"), "{e}");
     // swin_unetr fs 12: the encoder loads, the report is written next to the run
-    let mut c = medseg_train::TrainConfig::preset("phantom_swin").expect("preset");
+    let mut c = medseg_train::TrainConfig::preset("phantom").expect("preset");
     c.data.datalist = phantom;
     c.data.num_workers = 0;
     c.output.dir = tmp.path().join("runs");

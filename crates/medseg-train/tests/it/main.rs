@@ -5,3 +5,6 @@ mod golden;
 
 /// The training loop: resume reproduces the loss sequence, NaN detection, run outputs.
 mod train_loop;
+
+/// Fine-tuning on the shared real CT (skipped without `../shared/data`).
+mod real_data;

@@ -195,7 +195,7 @@ fn swin_unetr_trains_through_the_trainer_path_with_correct_decay_groups() {
     )
     .expect("opt");
     // a 32³ patch leaves a 1-voxel bottleneck (instance norm of one voxel: no gradient)
-    let mut tc = TrainConfig::preset("phantom_swin").expect("preset");
+    let mut tc = TrainConfig::preset("phantom").expect("preset");
     tc.data.roi = [32, 32, 32];
     assert!(tc.validate().expect_err("32³").to_string().contains("bottleneck"));
     let (decay, no_decay) = opt.groups();
