@@ -153,10 +153,12 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 0.5;
     let e = p * r * r + r + 1.0;
     // 2^n by exponent bits; n ∈ [−126, 128] after the clamp, 2^128 handled by splitting.
+    // Wrapping integer ops: n is bounded by the clamp, and checked arithmetic (debug/test builds)
+    // would put an overflow branch in the loop and stop it vectorising.
     let ni = n as i32;
     let half = ni >> 1;
-    let s1 = f32::from_bits(((half + 127) as u32) << 23);
-    let s2 = f32::from_bits(((ni - half + 127) as u32) << 23);
+    let s1 = f32::from_bits((half.wrapping_add(127) as u32) << 23);
+    let s2 = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) as u32) << 23);
     let y = e * s1 * s2;
     // Below the clamp expf underflows to 0; keep that (softmax masks rely on exact zeros).
     if x0 < -87.336_55 { 0.0 } else { y }
