@@ -38,7 +38,8 @@ pub fn four_organ_datalist(case: &Path, dir: &Path) -> PathBuf {
 }
 
 /// The setup of the test and of the documented longer run: the phantom preset's tiny Swin UNETR
-/// (fs12) with 5 classes, CT at 4.5 mm (81×67×75 voxels), 64³ patches, BTCV intensity window.
+/// (fs12) with 5 classes, the CT at 6 mm (61×51×56 voxels), 64×64×32 patches (the whole axial
+/// plane, half the slices), BTCV intensity window.
 pub fn real_ct_config(datalist: PathBuf, out: &Path, steps: u64) -> TrainConfig {
     let mut c = TrainConfig::preset("phantom").expect("preset");
     let ModelConfig::SwinUnetr(m) = &mut c.model else {
@@ -47,16 +48,16 @@ pub fn real_ct_config(datalist: PathBuf, out: &Path, steps: u64) -> TrainConfig 
     m.out_channels = 1 + ORGANS.len();
     c.data.datalist = datalist;
     c.data.generate_phantom = false;
-    c.data.pixdim = [4.5, 4.5, 4.5];
+    c.data.pixdim = [6.0, 6.0, 6.0];
     c.data.a_min = -175.0;
     c.data.a_max = 250.0;
-    c.data.roi = [64, 64, 64];
+    c.data.roi = [64, 64, 32];
     c.data.num_samples = 1;
     c.data.num_workers = 1;
     c.train.max_steps = steps;
     c.schedule.warmup = 5;
     c.schedule.max = steps;
-    c.inference.roi = [64, 64, 64];
+    c.inference.roi = [64, 64, 32];
     c.inference.overlap = 0.25;
     c.output.dir = out.to_path_buf();
     c.output.progress = false;
@@ -77,7 +78,12 @@ fn fine_tune_on_real_ct_lowers_loss_and_raises_organ_dice() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let datalist = four_organ_datalist(&case, tmp.path());
-    let steps = 40;
+    // MEDSEG_REAL_CT_STEPS sets a longer run (docs/training.md quotes one); the test's 30 steps
+    // take about 2 CPU-minutes.
+    let steps = match std::env::var("MEDSEG_REAL_CT_STEPS") {
+        Ok(v) => v.parse().expect("MEDSEG_REAL_CT_STEPS must be a step count"),
+        Err(_) => 30,
+    };
     let plan = real_ct_config(datalist, tmp.path(), steps).resolve().expect("plan");
     let mut t = Trainer::new(plan, Device::Cpu).expect("trainer");
     let dice = |t: &Trainer| -> Vec<(String, f64)> {
@@ -86,6 +92,7 @@ fn fine_tune_on_real_ct_lowers_loss_and_raises_organ_dice() {
     };
     let before = dice(&t);
     let losses: Vec<f64> = (0..steps).map(|_| t.train_step().expect("step").0).collect();
+    assert!(losses.len() >= 10, "needs at least 10 steps to compare the loss");
     let after = dice(&t);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (first, last) = (mean(&losses[..5]), mean(&losses[losses.len() - 5..]));
