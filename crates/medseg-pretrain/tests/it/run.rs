@@ -52,20 +52,9 @@ fn resumed_run_reproduces_the_uninterrupted_losses_and_writes_outputs() {
     let b2 = second.run(&RunOptions::default()).expect("run 2");
     let resumed: Vec<[f64; 4]> = b1.losses.into_iter().chain(b2.losses).collect();
     assert_eq!(resumed.len(), a.losses.len());
-    // The step after the resume sees bit-identical weights, moments, batch and pretext draws.
-    assert_eq!(
-        resumed[..2],
-        a.losses[..2],
-        "k + 1 resumed steps must equal the first k + 1 exactly"
-    );
-    // Later steps agree to float rounding only: two uninterrupted runs in one process already
-    // differ at step 3 by ~1e-7 relative (an op of the Swin backward sums in a varying order;
-    // measured while writing this test, see docs/pretraining.md).
-    for (r, u) in resumed.iter().zip(&a.losses).skip(2) {
-        for (x, y) in r.iter().zip(u) {
-            assert!((x - y).abs() <= 1e-5 * y.abs().max(1e-3), "resumed {r:?} vs {u:?}");
-        }
-    }
+    // Weights, moments, batches and pretext draws are restored bit for bit, and every kernel
+    // reduces in a fixed order, so the whole resumed sequence equals the uninterrupted one.
+    assert_eq!(resumed, a.losses, "resumed losses must equal the uninterrupted run's exactly");
 
     for f in [
         "config.toml",
