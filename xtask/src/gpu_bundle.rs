@@ -156,7 +156,9 @@ fn executables(json: &str) -> Vec<Artifact> {
             let target = &line[line.find("\"target\":")?..];
             let kind = target.split("\"kind\":[\"").nth(1)?.split('"').next()?.to_string();
             let name = field(target, "name")?.to_string();
-            let test = line.contains("\"test\":true");
+            // The profile's `test` flag (the target object has its own `test` key).
+            let profile = &line[line.find("\"profile\":{")?..];
+            let test = profile[..profile.find('}')?].contains("\"test\":true");
             Some(Artifact { path, package, kind, name, test })
         })
         .collect()

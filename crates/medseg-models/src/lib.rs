@@ -5,6 +5,8 @@
 //! `state_dict()` keys; tensors are PyTorch-layout (`[B, C, D, H, W]`, Linear `[out, in]`,
 //! ConvTranspose `[in, out, k, k, k]`). Models do no file I/O beyond [`loader`].
 pub mod checkpoint;
+#[cfg(feature = "cuda")]
+mod cuda_moe;
 pub mod loader;
 pub mod param_count;
 pub mod soft_moe;

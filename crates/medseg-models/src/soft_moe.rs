@@ -193,6 +193,10 @@ impl DynamicSlotsSoftMoe {
         let slots = self.slot_norm.forward(&slots)?;
         // logits[b, t, (e, s)] = <x[b, t], slot[b, e, s]>: [B, n', d] x [B, d, E·S]
         let slots_flat = slots.reshape((b, e * s, d))?;
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            return crate::cuda_moe::forward(&x, &slots_flat, n, &self.experts, s)?.narrow(1, 0, n);
+        }
         let mut logits = x.matmul(&slots_flat.t()?)?;
         if pad > 0 {
             // Padded token rows -> −finfo(f32).max (their logits are exactly 0 before).
@@ -252,6 +256,11 @@ impl SoftMoe {
         let x = self.norm.forward(xs)?;
         // [E, S, d] -> [E·S, d]
         let slots = self.slot_norm.forward(&self.slot_embeds)?.reshape((e * s, d))?;
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            let out = crate::cuda_moe::forward(&x, &slots, x.dim(1)?, &self.experts, s)?;
+            return dropout(&out, self.drop, false);
+        }
         // [B, n, d] x [d, E·S] -> [B, n, E·S]
         let logits = x.broadcast_matmul(&slots.t()?)?;
         let (dispatch_t, combine) = dispatch_combine(&logits)?;
