@@ -17,6 +17,15 @@ import torch
 import torch.nn.functional as F
 
 
+def qkv_attention(qkv, bias):
+    """MONAI WindowAttention between self.qkv and self.proj (3 heads, scale 0.25)."""
+    b, n, c3 = qkv.shape
+    qkv = qkv.reshape(b, n, 3, 3, c3 // 9).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv[0] * 0.25, qkv[1], qkv[2]
+    attn = torch.softmax(q @ k.transpose(-2, -1) + bias.unsqueeze(0), -1)
+    return (attn @ v).transpose(1, 2).reshape(b, n, c3 // 3)
+
+
 def case_fn(op):
     return {
         "conv3d k3 s1 p1": lambda x, w: F.conv3d(x, w, None, 1, 1),
@@ -27,6 +36,7 @@ def case_fn(op):
         "gelu": lambda x: F.gelu(x),
         "softmax_last_dim": lambda x: F.softmax(x, -1),
         "window_attention (composed)": lambda q, k, v, bias: torch.softmax((q * 0.25) @ k.transpose(-2, -1) + bias.unsqueeze(0), -1) @ v,
+        "window_attention_qkv (fused)": qkv_attention,
         "interpolate3d trilinear x2": lambda x: F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False),
     }[op]
 

@@ -5,7 +5,7 @@ use crate::{cargo, run_cmd};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Also run slow tests (real CT fine-tuning, large configs): sets MEDSEG_SLOW_TESTS=1.
+    /// Also run the slow variants (20× more NIfTI fuzz inputs): sets MEDSEG_SLOW_TESTS=1.
     #[arg(long)]
     slow: bool,
 }

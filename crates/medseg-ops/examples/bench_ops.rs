@@ -11,6 +11,7 @@ use candle::{Device, Result, Tensor, Var};
 use medseg_ops::{
     Conv3dConfig, ConvTranspose3dConfig, InterpolationMode, Resize, conv_transpose3d, conv3d, gelu,
     instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
+    window_attention_qkv,
 };
 use medseg_testkit::random_tensor;
 
@@ -114,6 +115,15 @@ fn cases() -> Vec<Case> {
             flops: 2.0 * 2.0 * (343 * 3) as f64 * (343 * 343 * 16) as f64,
             bytes: 0.0,
             run: Box::new(|t| window_attention(&t[0], &t[1], &t[2], 0.25, Some(&t[3]), None)),
+        },
+        Case {
+            // The same product from MONAI's qkv projection (what the models run), fused.
+            name: "window_attention_qkv (fused)",
+            shape: "343x343x(3x48), 3 heads".into(),
+            inputs: vec![vec![343, 343, 144], vec![3, 343, 343]],
+            flops: 2.0 * 2.0 * (343 * 3) as f64 * (343 * 343 * 16) as f64,
+            bytes: 0.0,
+            run: Box::new(|t| window_attention_qkv(&t[0], 3, 0.25, Some(&t[1]), None)),
         },
         Case {
             name: "interpolate3d trilinear x2",
