@@ -311,7 +311,7 @@ fn bad_inputs_give_one_named_error_and_no_output() {
         "--model",
         s(&weights),
         "--preset",
-        "phantom_unet",
+        "phantom",
     ]);
     assert!(e.contains("best.safetensors") && e.contains("missing"), "{e}");
 
