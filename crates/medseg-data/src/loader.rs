@@ -162,12 +162,48 @@ impl Loader {
 
     /// Iterates the batches of `epoch` (worker threads stop when the iterator is dropped).
     pub fn epoch(&self, epoch: u64) -> EpochIter {
+        self.epoch_from(epoch, 0)
+    }
+
+    /// The next batch of an endless stream over epochs that can stop and resume anywhere: the
+    /// stream is at batch `*batch_in_epoch` of `*epoch` (both advance, rolling over to the next
+    /// epoch), `iter` is its open epoch (`None` after a resume: it reopens at that batch without
+    /// computing the ones before it). Fails on a loader without batches.
+    pub fn next_resumable(
+        &self,
+        iter: &mut Option<EpochIter>,
+        epoch: &mut u64,
+        batch_in_epoch: &mut usize,
+    ) -> Result<Batch> {
+        if self.is_empty() {
+            return Err(Error::InvalidArgument("the loader has no batches".into()));
+        }
+        loop {
+            let it = iter.get_or_insert_with(|| self.epoch_from(*epoch, *batch_in_epoch));
+            match it.next() {
+                Some(b) => {
+                    *batch_in_epoch += 1;
+                    return b;
+                }
+                None => {
+                    *iter = None;
+                    *epoch += 1;
+                    *batch_in_epoch = 0;
+                }
+            }
+        }
+    }
+
+    /// [`Loader::epoch`] starting at batch `start` (batches depend only on seed, epoch and
+    /// index, so the skipped ones need not be computed).
+    fn epoch_from(&self, epoch: u64, start: usize) -> EpochIter {
         let order = Arc::new(self.order(epoch));
         let bs = self.inner.cfg.batch_size;
         let n_batches = self.len();
         let workers = self.inner.cfg.num_workers;
         let window = self.inner.cfg.prefetch.max(1);
-        let state = Arc::new((Mutex::new(Claim { next: 0, delivered: 0 }), Condvar::new()));
+        let start = start.min(n_batches);
+        let state = Arc::new((Mutex::new(Claim { next: start, delivered: start }), Condvar::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel();
         let mut handles = Vec::new();
@@ -210,7 +246,7 @@ impl Loader {
             order,
             epoch,
             n_batches,
-            yielded: 0,
+            yielded: start,
             buffer: BTreeMap::new(),
             rx,
             state,

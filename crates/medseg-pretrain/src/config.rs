@@ -213,12 +213,8 @@ impl PretrainConfig {
 
     /// Reads a TOML file, or a preset when `path_or_preset` names one and is not a file.
     pub fn load(path_or_preset: &str) -> Result<Self> {
-        let p = Path::new(path_or_preset);
-        if !p.exists() && preset_text(path_or_preset).is_some() {
-            return PretrainConfig::preset(path_or_preset);
-        }
-        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        PretrainConfig::from_toml(&text, p)
+        let (text, origin) = medseg_train::config::config_text(path_or_preset, preset_text)?;
+        PretrainConfig::from_toml(&text, &origin)
     }
 
     /// Serialises back to TOML (the resolved config of a run).

@@ -110,13 +110,7 @@ impl Optimizer {
                 },
             )?),
             OptimKind::Sgd => {
-                let vars = varmap
-                    .data()
-                    .lock()
-                    .map_err(|_| Error::Config("variable map lock poisoned".into()))?
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
+                let vars = medseg_train::optim::varmap_vars(varmap)?;
                 Optimizer::Sgd(Sgd::new(vars, cfg.lr, cfg.momentum, cfg.weight_decay))
             }
         })

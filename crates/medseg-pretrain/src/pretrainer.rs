@@ -264,26 +264,11 @@ impl Pretrainer {
     }
 
     fn next_batch(&mut self) -> Result<Batch> {
-        loop {
-            if self.epoch_iter.is_none() {
-                let mut it = self.train_loader.epoch(self.state.epoch);
-                for _ in 0..self.state.batch_in_epoch {
-                    it.next();
-                }
-                self.epoch_iter = Some(it);
-            }
-            match self.epoch_iter.as_mut().and_then(Iterator::next) {
-                Some(b) => {
-                    self.state.batch_in_epoch += 1;
-                    return Ok(b?);
-                }
-                None => {
-                    self.epoch_iter = None;
-                    self.state.epoch += 1;
-                    self.state.batch_in_epoch = 0;
-                }
-            }
-        }
+        Ok(self.train_loader.next_resumable(
+            &mut self.epoch_iter,
+            &mut self.state.epoch,
+            &mut self.state.batch_in_epoch,
+        )?)
     }
 
     /// One optimiser step; returns the row to log (without validation).

@@ -39,23 +39,29 @@ pub struct TrainArgs {
     pub init_from: Option<PathBuf>,
 }
 
+/// Installs the process-wide Ctrl-C handler of the training binaries: the first Ctrl-C sets the
+/// returned flag (the loop saves a checkpoint after the current step and returns), a second one
+/// exits with status 130 without saving. Call it once per process.
+pub fn install_stop_handler() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("Ctrl-C: saving a checkpoint after the current step (press again to abort)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(stop)
+}
+
 /// Trains (or resumes) as `args` say; prints the final validation Dice and the run folder.
 ///
 /// Returns exit status 0 for a complete run and 130 when Ctrl-C stopped it (checkpoint saved).
 /// Installs a process-wide Ctrl-C handler, so call it once per process.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: saving a checkpoint after the current step (press again to abort)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop = install_stop_handler()?;
     let mut trainer = match &args.resume {
         Some(dir) => {
             let cfg_dev = TrainConfig::from_toml(

@@ -225,6 +225,23 @@ pub fn preset_text(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The TOML text behind `path_or_preset` and the name errors quote: the file when it exists, else
+/// the embedded preset of that name (`presets`, e.g. [`preset_text`]). Shared by every config
+/// type of the workspace (training, pretraining).
+pub fn config_text(
+    path_or_preset: &str,
+    presets: fn(&str) -> Option<&'static str>,
+) -> Result<(String, PathBuf)> {
+    let p = Path::new(path_or_preset);
+    if !p.exists()
+        && let Some(text) = presets(path_or_preset)
+    {
+        return Ok((text.to_string(), PathBuf::from(format!("<preset {path_or_preset}>"))));
+    }
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+    Ok((text, p.to_path_buf()))
+}
+
 impl TrainConfig {
     /// Parses TOML; `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
@@ -242,12 +259,8 @@ impl TrainConfig {
 
     /// Reads a TOML file, or a preset when `path_or_preset` names one and is not a file.
     pub fn load(path_or_preset: &str) -> Result<Self> {
-        let p = Path::new(path_or_preset);
-        if !p.exists() && preset_text(path_or_preset).is_some() {
-            return TrainConfig::preset(path_or_preset);
-        }
-        let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-        TrainConfig::from_toml(&text, p)
+        let (text, origin) = config_text(path_or_preset, preset_text)?;
+        TrainConfig::from_toml(&text, &origin)
     }
 
     /// Serialises back to TOML (the resolved config of a run).

@@ -28,6 +28,17 @@ pub struct AdamWConfig {
     pub eps: f64,
 }
 
+/// Every variable of `varmap` with its name (any optimiser's parameter list).
+pub fn varmap_vars(varmap: &VarMap) -> Result<Vec<(String, Var)>> {
+    Ok(varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::Config("variable map lock poisoned".into()))?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
 /// True for parameters that get no weight decay: rank ≤ 1 tensors (biases, norm weights) and
 /// anything named like a bias, a norm or a relative position bias table.
 pub fn no_decay(name: &str, rank: usize) -> bool {
@@ -77,14 +88,7 @@ impl AdamW {
 
     /// All variables of a [`VarMap`], named as the map names them.
     pub fn from_varmap(varmap: &VarMap, cfg: AdamWConfig) -> Result<Self> {
-        let vars = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::Config("variable map lock poisoned".into()))?
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        AdamW::new(vars, cfg)
+        AdamW::new(varmap_vars(varmap)?, cfg)
     }
 
     /// The learning rate of the next step.

@@ -208,6 +208,30 @@ fn loader_is_deterministic_across_worker_counts_and_caches() {
 }
 
 #[test]
+fn resumable_stream_reopens_mid_epoch_with_the_same_batches() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = phantom_loader(dir.path(), 2, CacheMode::Memory);
+    let image = |b: medseg_data::Batch| b.image.flatten_all().and_then(|t| t.to_vec1::<f32>());
+    // Five batches straight through (2 per epoch: the stream rolls over twice).
+    let (mut it, mut epoch, mut k) = (None, 0u64, 0usize);
+    let straight: Vec<Vec<f32>> = (0..5)
+        .map(|_| image(l.next_resumable(&mut it, &mut epoch, &mut k).expect("batch")).expect("v"))
+        .collect();
+    assert_eq!((epoch, k), (2, 1));
+    // Three batches, then a "resume" from the saved position with no open iterator.
+    let (mut it, mut epoch, mut k) = (None, 0u64, 0usize);
+    let mut resumed: Vec<Vec<f32>> = (0..3)
+        .map(|_| image(l.next_resumable(&mut it, &mut epoch, &mut k).expect("batch")).expect("v"))
+        .collect();
+    assert_eq!((epoch, k), (1, 1));
+    let mut it = None;
+    for _ in 0..2 {
+        resumed.push(image(l.next_resumable(&mut it, &mut epoch, &mut k).expect("b")).expect("v"));
+    }
+    assert!(straight == resumed, "the resumed stream differs from the uninterrupted one");
+}
+
+#[test]
 fn random_spatial_transforms_keep_image_and_label_aligned() {
     // Label = (image > 0.5) on an image that is a smooth function of the distance to two spheres:
     // a misalignment moves the label's centroid away from the thresholded image's centroid.

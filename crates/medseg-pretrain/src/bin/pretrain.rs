@@ -4,7 +4,6 @@
 //! Fine-tune from the result with `cargo xtask train --config … --init-from RUN/checkpoints/last.safetensors`.
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -38,18 +37,7 @@ struct Args {
 fn main() -> Result<()> {
     medseg_ops::tune_allocator();
     let args = Args::parse();
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = Arc::clone(&stop);
-        ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                eprintln!("second Ctrl-C: exiting without saving");
-                std::process::exit(130);
-            }
-            eprintln!("Ctrl-C: saving a checkpoint after the current step (press again to abort)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let stop = medseg_train::cli::install_stop_handler()?;
     let mut pre = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
