@@ -107,6 +107,45 @@ fn medseg_pretrain_checkpoint_loads_and_the_heads_are_reported_unused() {
 }
 
 #[test]
+fn a_pretrained_encoder_loads_into_swin_smt_except_the_mlps_that_became_soft_moe() {
+    let src = ssl_varmap(5);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("last.safetensors");
+    medseg_train::checkpoint::save_weights(&src, &path, 9).expect("save");
+    let dst = VarMap::new();
+    let cfg = SwinUnetrConfig {
+        feature_size: 12,
+        merge_order: Some(MergeOrder::Legacy),
+        use_moe: true,
+        num_layers_with_moe: 3,
+        num_experts: 2,
+        ..SwinUnetrConfig::monai_default(1, 3)
+    };
+    SwinUnetr::new(&cfg, VarBuilder::from_varmap(&dst, DType::F32, &Device::Cpu)).expect("smt");
+    let rep = load_encoder(&dst, &path).expect("load");
+    // Stage 1 keeps its MLP; stages 2–4 hold Soft MoE layers, which the SSL file cannot fill.
+    assert!(rep.report.loaded.iter().any(|k| k == "swinViT.layers1.0.blocks.0.mlp.linear1.weight"));
+    assert!(rep.report.loaded.iter().any(|k| k == "swinViT.layers3.0.blocks.1.attn.qkv.weight"));
+    assert!(!rep.report.missing.is_empty(), "{rep}");
+    for m in &rep.report.missing {
+        assert!(
+            !m.starts_with("swinViT.layers1.") && m.contains(".mlp."),
+            "only stage 2–4 MoE weights may stay initialised: {m}"
+        );
+    }
+    for stage in 2..=4 {
+        let k = format!("swinViT.layers{stage}.0.blocks.0.mlp.linear1.weight");
+        assert!(rep.report.unused.contains(&k), "{k} should be reported unused: {rep}");
+    }
+    let after = tensors(&dst);
+    let k = "swinViT.layers3.0.blocks.1.attn.qkv.weight";
+    let d = (&after[k] - &tensors(&src)[k])
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("diff");
+    assert_eq!(d, 0.0);
+}
+
+#[test]
 fn a_file_without_encoder_keys_or_with_wrong_shapes_is_an_error() {
     let tmp = tempfile::tempdir().expect("tmp");
     let path = tmp.path().join("heads.safetensors");
