@@ -26,7 +26,7 @@ pub use affine::Affine;
 pub use collate::{Batch, collate, write_prediction};
 pub use dataset::{DataItem, Datalist, Dataset, NiftiDataset};
 pub use error::{Error, Result};
-pub use loader::{CacheMode, Loader, LoaderConfig, sample_rng};
+pub use loader::{CacheMode, Loader, LoaderConfig, OrderMap, sample_rng};
 pub use nifti_io::{
     NiftiInfo, WriteOptions, read_info, read_nifti, read_volume, write_volume, write_volume_with,
 };

@@ -85,6 +85,11 @@ impl LoaderConfig {
 
 type SampleDataset = dyn Dataset<Item = Sample>;
 
+/// Maps an epoch's item order to the items a loader yields, in the order it yields them (for
+/// example one data-parallel rank's shard of it). It must return the same number of items for
+/// every permutation of `0..len`, so that every epoch has the same number of batches.
+pub type OrderMap = Arc<dyn Fn(&[usize]) -> Vec<usize> + Send + Sync>;
+
 struct Inner {
     dataset: Arc<SampleDataset>,
     pre: Compose,
@@ -98,6 +103,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Loader {
     inner: Arc<Inner>,
+    /// Applied to every epoch's order ([`Loader::with_order_map`]); `None` yields every item.
+    order_map: Option<OrderMap>,
 }
 
 impl std::fmt::Debug for Loader {
@@ -105,6 +112,7 @@ impl std::fmt::Debug for Loader {
         f.debug_struct("Loader")
             .field("len", &self.inner.dataset.len())
             .field("cfg", &self.inner.cfg)
+            .field("order_map", &self.order_map.is_some())
             .finish()
     }
 }
@@ -130,12 +138,36 @@ impl Loader {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
         let mem = (0..dataset.len()).map(|_| OnceLock::new()).collect();
-        Ok(Loader { inner: Arc::new(Inner { dataset, pre, aug, cfg, mem, fingerprint }) })
+        Ok(Loader {
+            inner: Arc::new(Inner { dataset, pre, aug, cfg, mem, fingerprint }),
+            order_map: None,
+        })
+    }
+
+    /// The same loader (sharing its cache) yielding `map(order)` of each epoch's item order
+    /// instead of the whole order: data-parallel training gives each rank its shard this way.
+    /// Items keep their `(seed, epoch, index)` randomness, so a shard's samples equal the
+    /// unsharded loader's samples of the same items.
+    pub fn with_order_map(&self, map: OrderMap) -> Loader {
+        Loader { inner: Arc::clone(&self.inner), order_map: Some(map) }
+    }
+
+    /// Items per epoch (after the order map, if any).
+    pub fn items_per_epoch(&self) -> usize {
+        let n = self.inner.dataset.len();
+        match &self.order_map {
+            None => n,
+            Some(map) => map(&(0..n).collect::<Vec<_>>()).len(),
+        }
     }
 
     /// Batches per epoch.
     pub fn len(&self) -> usize {
-        let n = self.inner.dataset.len();
+        self.batches_of(self.items_per_epoch())
+    }
+
+    /// Batches that `n` items make.
+    fn batches_of(&self, n: usize) -> usize {
         let b = self.inner.cfg.batch_size;
         if self.inner.cfg.drop_last { n / b } else { n.div_ceil(b) }
     }
@@ -145,14 +177,17 @@ impl Loader {
         self.len() == 0
     }
 
-    /// The item order of `epoch`.
+    /// The item order of `epoch` (after the order map, if any).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.inner.dataset.len()).collect();
         if self.inner.cfg.shuffle {
             let mut rng = sample_rng(self.inner.cfg.seed, epoch, u64::MAX);
             idx.shuffle(&mut rng);
         }
-        idx
+        match &self.order_map {
+            None => idx,
+            Some(map) => map(&idx),
+        }
     }
 
     /// All samples item `index` yields in `epoch` (deterministic).
@@ -199,7 +234,9 @@ impl Loader {
     fn epoch_from(&self, epoch: u64, start: usize) -> EpochIter {
         let order = Arc::new(self.order(epoch));
         let bs = self.inner.cfg.batch_size;
-        let n_batches = self.len();
+        // From the order itself: an order map that breaks its length contract cannot make a
+        // batch index run past the order.
+        let n_batches = self.batches_of(order.len());
         let workers = self.inner.cfg.num_workers;
         let window = self.inner.cfg.prefetch.max(1);
         let start = start.min(n_batches);

@@ -232,6 +232,35 @@ fn resumable_stream_reopens_mid_epoch_with_the_same_batches() {
 }
 
 #[test]
+fn an_order_map_selects_items_with_their_unsharded_samples() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let l = phantom_loader(dir.path(), 2, CacheMode::Memory);
+    // Odd positions of each epoch's order (what rank 1 of 2 takes), one item per batch here.
+    let odd: medseg_data::OrderMap =
+        Arc::new(|o: &[usize]| o.iter().skip(1).step_by(2).copied().collect());
+    let s = l.with_order_map(odd);
+    let full = l.order(3);
+    assert_eq!(full.len(), 3, "3 training cases");
+    assert_eq!(s.order(3), vec![full[1]]);
+    assert_eq!((s.items_per_epoch(), s.len(), l.items_per_epoch(), l.len()), (1, 1, 3, 2));
+    let batch = s.epoch(3).next().expect("one batch").expect("ok");
+    let got = batch.image.flatten_all().and_then(|t| t.to_vec1::<f32>()).expect("img");
+    let want: Vec<f32> = l
+        .samples(3, full[1])
+        .expect("samples")
+        .iter()
+        .flat_map(|x| x.image.data().to_vec())
+        .collect();
+    assert!(got == want, "a mapped item differs from the unsharded loader's samples of it");
+    // The stream API runs over the mapped epochs too.
+    let (mut it, mut epoch, mut k) = (None, 0u64, 0usize);
+    for _ in 0..3 {
+        s.next_resumable(&mut it, &mut epoch, &mut k).expect("batch");
+    }
+    assert_eq!((epoch, k), (2, 1), "one batch per mapped epoch");
+}
+
+#[test]
 fn random_spatial_transforms_keep_image_and_label_aligned() {
     // Label = (image > 0.5) on an image that is a smooth function of the distance to two spheres:
     // a misalignment moves the label's centroid away from the thresholded image's centroid.
