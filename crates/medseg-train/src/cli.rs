@@ -5,6 +5,11 @@
 //!
 //! Ctrl-C sets a stop flag: the loop finishes the current step, saves `last` and [`run`] returns
 //! exit status 130; a second Ctrl-C exits at once without saving.
+//!
+//! Data parallel (docs/cuda.md §5): with `MEDSEG_WORLD_SIZE` > 1 (and `MEDSEG_RANK`,
+//! `MEDSEG_LOCAL_RANK`, set by `cargo xtask train --gpus N` or a cluster launcher) this process is
+//! one rank: it trains on `cuda:{MEDSEG_LOCAL_RANK}`, in the shared `--run-dir` (or `--resume`
+//! folder), and joins the others through NCCL (feature `nccl`).
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 
+use crate::distributed::{GradientReducer, World};
 use crate::{RunOptions, TrainConfig, Trainer, device_from_str};
+
+/// How long ranks other than 0 wait for rank 0's NCCL rendezvous file.
+pub const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Arguments of training (config fields: docs/training.md).
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +46,60 @@ pub struct TrainArgs {
     /// run's checkpoint or MONAI's `model_swinvit.pt`.
     #[arg(long, conflicts_with = "resume")]
     pub init_from: Option<PathBuf>,
+    /// Use exactly this run folder instead of `<out>/<name>-<timestamp>`: the ranks of a
+    /// multi-GPU run must share one (`cargo xtask train --gpus N` passes it).
+    #[arg(long, conflicts_with = "resume")]
+    pub run_dir: Option<PathBuf>,
+}
+
+/// The device of this rank: `requested` for a single process; `cuda:{local_rank}` in a world of
+/// several ranks, which needs a `cuda` request.
+pub fn rank_device(requested: &str, world: &World) -> Result<String> {
+    if world.world_size == 1 {
+        return Ok(requested.to_string());
+    }
+    if requested != "cuda" && !requested.starts_with("cuda:") {
+        anyhow::bail!(
+            "MEDSEG_WORLD_SIZE={} (multi-GPU data parallel) needs device = \"cuda\", got {requested:?}",
+            world.world_size
+        );
+    }
+    Ok(world.cuda_device())
+}
+
+/// Connects this rank to the others (NCCL, rendezvous file in `run_dir`); `None` for a single
+/// process.
+#[cfg(feature = "nccl")]
+fn connect(
+    world: World,
+    device: &candle::Device,
+    run_dir: &std::path::Path,
+) -> Result<Option<Box<dyn GradientReducer>>> {
+    if world.world_size == 1 {
+        return Ok(None);
+    }
+    let id = crate::distributed::id_file(run_dir);
+    eprintln!("rank {}/{}: NCCL rendezvous through {}", world.rank, world.world_size, id.display());
+    let r = crate::cuda_nccl::NcclReducer::connect(world, device, &id, RENDEZVOUS_TIMEOUT)
+        .with_context(|| format!("rank {}: joining the NCCL world", world.rank))?;
+    Ok(Some(Box::new(r)))
+}
+
+/// Without the `nccl` feature only the single-process world exists.
+#[cfg(not(feature = "nccl"))]
+fn connect(
+    world: World,
+    _device: &candle::Device,
+    _run_dir: &std::path::Path,
+) -> Result<Option<Box<dyn GradientReducer>>> {
+    if world.world_size == 1 {
+        return Ok(None);
+    }
+    anyhow::bail!(
+        "MEDSEG_WORLD_SIZE={} asks for multi-GPU training, but this binary was built without the \
+         `nccl` feature (build with `--features nccl`, as `cargo xtask train --gpus N` does)",
+        world.world_size
+    )
 }
 
 /// Installs the process-wide Ctrl-C handler of the training binaries: the first Ctrl-C sets the
@@ -61,6 +124,8 @@ pub fn install_stop_handler() -> Result<Arc<AtomicBool>> {
 /// Returns exit status 0 for a complete run and 130 when Ctrl-C stopped it (checkpoint saved).
 /// Installs a process-wide Ctrl-C handler, so call it once per process.
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
+    let world = World::from_vars(|k| std::env::var(k).ok())
+        .context("reading MEDSEG_RANK / MEDSEG_WORLD_SIZE / MEDSEG_LOCAL_RANK")?;
     let stop = install_stop_handler()?;
     let mut trainer = match &args.resume {
         Some(dir) => {
@@ -70,8 +135,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 &dir.join("config.toml"),
             )?
             .device;
-            let device = device_from_str(args.device.as_deref().unwrap_or(&cfg_dev))?;
-            Trainer::resume(dir, device).with_context(|| format!("resuming {}", dir.display()))?
+            let device =
+                device_from_str(&rank_device(args.device.as_deref().unwrap_or(&cfg_dev), &world)?)?;
+            let reducer = connect(world, &device, dir)?;
+            Trainer::resume_in_world(dir, device, reducer)
+                .with_context(|| format!("resuming {}", dir.display()))?
         }
         None => {
             let mut cfg = TrainConfig::load(&args.config)
@@ -88,14 +156,34 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             if let Some(p) = &args.init_from {
                 cfg.train.init_from = Some(p.clone());
             }
+            cfg.device = rank_device(&cfg.device, &world)?;
             let device = device_from_str(&cfg.device)?;
-            let plan = cfg.resolve()?;
-            eprintln!("run folder: {}", plan.run_dir.display());
-            Trainer::new(plan, device)?
+            let mut plan = cfg.resolve()?;
+            match &args.run_dir {
+                Some(d) => {
+                    plan.run_dir = std::path::absolute(d)
+                        .with_context(|| format!("resolving {}", d.display()))?
+                }
+                None if world.world_size > 1 => anyhow::bail!(
+                    "MEDSEG_WORLD_SIZE={}: every rank needs the same --run-dir (or --resume)",
+                    world.world_size
+                ),
+                None => {}
+            }
+            if world.is_writer() {
+                eprintln!("run folder: {}", plan.run_dir.display());
+            }
+            std::fs::create_dir_all(&plan.run_dir)
+                .with_context(|| format!("creating {}", plan.run_dir.display()))?;
+            let reducer = connect(world, &device, &plan.run_dir)?;
+            Trainer::new_in_world(plan, device, reducer)?
         }
     };
     let opts = RunOptions { stop: Some(Arc::clone(&stop)), stop_after: None };
     let outcome = trainer.run(&opts)?;
+    if !world.is_writer() {
+        return Ok(if outcome.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS });
+    }
     if outcome.interrupted {
         eprintln!(
             "stopped at step {}; checkpoint saved. resume with: cargo xtask train --resume {}",
@@ -113,4 +201,29 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     }
     println!("run folder: {}", outcome.run_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_train_on_their_local_gpu_and_refuse_cpu() {
+        let w = World::new(3, 4, 1).expect("world");
+        assert_eq!(rank_device("cuda", &w).expect("cuda"), "cuda:1");
+        assert_eq!(rank_device("cuda:0", &w).expect("cuda:0"), "cuda:1", "local rank wins");
+        let e = rank_device("cpu", &w).expect_err("cpu").to_string();
+        assert!(e.contains("MEDSEG_WORLD_SIZE=4") && e.contains("cuda"), "{e}");
+        assert_eq!(rank_device("cpu", &World::SINGLE).expect("single"), "cpu");
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    #[test]
+    fn a_world_without_the_nccl_feature_is_one_clear_error() {
+        let w = World::new(0, 2, 0).expect("world");
+        let dir = std::path::Path::new("unused");
+        let e = connect(w, &candle::Device::Cpu, dir).err().expect("no nccl").to_string();
+        assert!(!e.contains('\n') && e.contains("--features nccl"), "{e}");
+        assert!(connect(World::SINGLE, &candle::Device::Cpu, dir).expect("single").is_none());
+    }
 }

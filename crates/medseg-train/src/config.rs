@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use medseg_data::Compose;
 use medseg_data::transforms::{self, BtcvConfig};
 
+use crate::cuda_precision::Precision;
 use crate::loss::{DiceCeConfig, LossKind};
 use crate::model::ModelConfig;
 use crate::optim::AdamWConfig;
@@ -26,6 +27,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// `cpu`, or `cuda` / `cuda:N` (needs a CUDA build).
     pub device: String,
+    /// Compute precision: `f32` (default) or `bf16` (bf16 forward/backward on bf16 copies of the
+    /// f32 master weights; loss, optimiser and checkpoints stay f32; docs/cuda.md §4). bf16 runs
+    /// on any device but only pays off on CUDA.
+    #[serde(default)]
+    pub precision: Precision,
     /// The network.
     pub model: ModelConfig,
     /// Data set and transforms.
@@ -428,6 +434,26 @@ mod tests {
         assert!(e.to_string().contains("bogus"), "{e}");
         let text = preset_text("phantom").expect("preset").replace("[loss]", "[loss]\nsmooth = 1");
         assert!(TrainConfig::from_toml(&text, Path::new("t.toml")).is_err());
+    }
+
+    #[test]
+    fn precision_is_optional_defaults_to_f32_and_unknown_keys_still_fail() {
+        let text = preset_text("phantom").expect("preset");
+        assert!(!text.contains("precision"), "the preset predates the field");
+        let c = TrainConfig::from_toml(text, Path::new("t.toml")).expect("parses");
+        assert_eq!(c.precision, Precision::F32);
+        let bf16 = text.replacen("device = ", "precision = \"bf16\"\ndevice = ", 1);
+        let c = TrainConfig::from_toml(&bf16, Path::new("t.toml")).expect("bf16");
+        assert_eq!(c.precision, Precision::Bf16);
+        c.validate().expect("bf16 validates");
+        let back = TrainConfig::from_toml(&c.to_toml().expect("toml"), Path::new("x")).expect("re");
+        assert_eq!(back.precision, Precision::Bf16, "the resolved config keeps it");
+        let fp8 = text.replacen("device = ", "precision = \"fp8\"\ndevice = ", 1);
+        let e = TrainConfig::from_toml(&fp8, Path::new("t.toml")).expect_err("fp8");
+        assert!(e.to_string().contains("fp8"), "{e}");
+        let typo = text.replacen("device = ", "precison = \"bf16\"\ndevice = ", 1);
+        let e = TrainConfig::from_toml(&typo, Path::new("t.toml")).expect_err("typo");
+        assert!(e.to_string().contains("precison"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// Data-parallel training failed: a bad world, the rendezvous file, a peer that left, the
+    /// transport.
+    #[error(transparent)]
+    Dist(#[from] crate::distributed::DistError),
     /// Writing an image (plot or overlay) failed.
     #[error("{path}: png: {reason}")]
     Png {

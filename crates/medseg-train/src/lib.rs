@@ -4,6 +4,8 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "nccl")]
+pub mod cuda_nccl;
 pub mod cuda_precision;
 pub mod distributed;
 pub mod error;

@@ -5,12 +5,22 @@
 //! Determinism: weights are initialised from `(seed, variable name)`; batches depend only on
 //! `(seed, epoch, index)`; parameters update in name order. Resuming from a checkpoint therefore
 //! reproduces the uninterrupted run's losses exactly on the same machine and thread count.
+//!
+//! Precision (`precision = "bf16"`, docs/cuda.md §4): each step builds the model from bf16 casts
+//! of the f32 variables (`cuda_precision::precision_var_builder`), casts the logits to f32 before
+//! the loss; AdamW, the checkpoints and the loss stay f32.
+//!
+//! Data parallel (docs/cuda.md §5): with a [`GradientReducer`] ([`Trainer::new_in_world`]) each
+//! rank draws its shard of every epoch's order (`distributed::shard`, equal lengths), and after
+//! the backward passes the gradients, the loss and the stop flag are averaged over the ranks in
+//! one all-reduce before clipping and the AdamW step, so every rank applies the same update. Only
+//! rank 0 writes (`config.toml`, checkpoints, metrics, plots) and validates.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use candle::{DType, Device};
+use candle::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::{Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom};
@@ -18,6 +28,8 @@ use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
 
 use crate::checkpoint::{self, LogRow, TrainState};
 use crate::config::{CacheKind, TrainConfig, TrainPlan};
+use crate::cuda_precision::{Precision, precision_var_builder};
+use crate::distributed::{GradientReducer, World, all_reduce_mean, shard};
 use crate::model::SegModel;
 use crate::optim::{AdamW, Grads};
 use crate::schedule::ScheduleUnit;
@@ -61,6 +73,19 @@ pub struct Trainer {
     val_loader: Loader,
     class_names: Vec<String>,
     epoch_iter: Option<medseg_data::loader::EpochIter>,
+    world: World,
+    reducer: Option<Box<dyn GradientReducer>>,
+}
+
+/// What one optimiser step computed.
+struct StepResult {
+    /// Mean loss over the micro-batches (and over the ranks).
+    loss: f64,
+    lr: f64,
+    /// Gradient norm before clipping.
+    grad_norm: f64,
+    /// Some rank's stop flag was raised (every rank sees the same value).
+    stop: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -68,6 +93,7 @@ impl std::fmt::Debug for Trainer {
         f.debug_struct("Trainer")
             .field("run_dir", &self.plan.run_dir)
             .field("state", &self.state.step)
+            .field("world", &self.world)
             .finish()
     }
 }
@@ -84,7 +110,11 @@ pub fn device_from_str(s: &str) -> Result<Device> {
     }
 }
 
-fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<String>)> {
+fn loaders(
+    plan: &TrainPlan,
+    run_dir: &Path,
+    world: World,
+) -> Result<(Loader, Loader, Vec<String>)> {
     let cfg = &plan.config;
     if !plan.datalist.exists() {
         if cfg.data.generate_phantom {
@@ -134,11 +164,15 @@ fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<Stri
     let mut vl = LoaderConfig::val();
     vl.num_workers = cfg.data.num_workers.min(1);
     vl.cache = cache("val");
-    let train = Loader::new(
+    let mut train = Loader::new(
         Arc::new(NiftiDataset::new(dl.training.clone(), Some(nc as u32))),
         train_t,
         tl,
     )?;
+    if world.world_size > 1 {
+        // Rank r takes items r, r + w, … of each epoch's order, wrap-padded to equal lengths.
+        train = train.with_order_map(Arc::new(move |order: &[usize]| shard(order, &world)));
+    }
     let val = Loader::new(
         Arc::new(NiftiDataset::new(dl.validation.clone(), Some(nc as u32))),
         val_t,
@@ -150,6 +184,18 @@ fn loaders(plan: &TrainPlan, run_dir: &Path) -> Result<(Loader, Loader, Vec<Stri
 impl Trainer {
     /// Starts a new run: creates the run folder, writes `config.toml`, builds model and optimiser.
     pub fn new(plan: TrainPlan, device: Device) -> Result<Trainer> {
+        Trainer::new_in_world(plan, device, None)
+    }
+
+    /// [`Trainer::new`] as one rank of a data-parallel world connected by `reducer` (`None`: a
+    /// single process). Every rank passes the same plan, including the run folder; only rank 0
+    /// writes into it.
+    pub fn new_in_world(
+        plan: TrainPlan,
+        device: Device,
+        reducer: Option<Box<dyn GradientReducer>>,
+    ) -> Result<Trainer> {
+        let world = reducer.as_ref().map_or(World::SINGLE, |r| r.world());
         let mut plan = plan;
         if let Some(p) = plan.config.train.init_from.as_mut()
             && p.is_relative()
@@ -157,20 +203,32 @@ impl Trainer {
             *p = std::env::current_dir().map_err(|e| Error::io(".", e))?.join(&*p);
         }
         std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
-        let mut text = format!(
-            "# resolved configuration of run {}\n# git {}\n",
-            plan.run_dir.display(),
-            git_sha().unwrap_or_else(|| "unknown".into())
-        );
-        text.push_str(&plan.config.to_toml()?);
-        checkpoint::write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
-        let t = Trainer::build(plan, device, TrainState::new())?;
+        if world.is_writer() {
+            let mut text = format!(
+                "# resolved configuration of run {}\n# git {}\n",
+                plan.run_dir.display(),
+                git_sha().unwrap_or_else(|| "unknown".into())
+            );
+            text.push_str(&plan.config.to_toml()?);
+            checkpoint::write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
+        }
+        let t = Trainer::build(plan, device, TrainState::new(), reducer)?;
         t.init_from_pretrained()?;
         Ok(t)
     }
 
     /// Continues the run in `run_dir` from `checkpoints/last.*` with its saved `config.toml`.
     pub fn resume(run_dir: &Path, device: Device) -> Result<Trainer> {
+        Trainer::resume_in_world(run_dir, device, None)
+    }
+
+    /// [`Trainer::resume`] as one rank of a data-parallel world (every rank reads rank 0's
+    /// checkpoint from the shared run folder).
+    pub fn resume_in_world(
+        run_dir: &Path,
+        device: Device,
+        reducer: Option<Box<dyn GradientReducer>>,
+    ) -> Result<Trainer> {
         let cfg_path = run_dir.join("config.toml");
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg = TrainConfig::from_toml(&text, &cfg_path)?;
@@ -186,19 +244,25 @@ impl Trainer {
                 reason: format!("weights are from step {wstep:?}, state from step {}", state.step),
             });
         }
-        let mut t = Trainer::build(plan, device, state)?;
+        let mut t = Trainer::build(plan, device, state, reducer)?;
         checkpoint::load_weights(&t.varmap, &wpath)?;
         let step = t.state.step;
         t.opt.load_state(&moments, step, &spath)?;
         Ok(t)
     }
 
-    fn build(plan: TrainPlan, device: Device, state: TrainState) -> Result<Trainer> {
+    fn build(
+        plan: TrainPlan,
+        device: Device,
+        state: TrainState,
+        reducer: Option<Box<dyn GradientReducer>>,
+    ) -> Result<Trainer> {
+        let world = reducer.as_ref().map_or(World::SINGLE, |r| r.world());
         let varmap = VarMap::new();
         let vb = SeededVarMap::var_builder(&varmap, plan.config.seed, DType::F32, &device);
         let model = plan.config.model.build(vb)?;
         let opt = AdamW::from_varmap(&varmap, plan.config.optim.clone())?;
-        let (train_loader, val_loader, class_names) = loaders(&plan, &plan.run_dir)?;
+        let (train_loader, val_loader, class_names) = loaders(&plan, &plan.run_dir, world)?;
         Ok(Trainer {
             plan,
             device,
@@ -210,7 +274,15 @@ impl Trainer {
             val_loader,
             class_names,
             epoch_iter: None,
+            world,
+            reducer,
         })
+    }
+
+    /// This process's place in the data-parallel world ([`World::SINGLE`] unless built with a
+    /// reducer).
+    pub fn world(&self) -> World {
+        self.world
     }
 
     /// The run folder.
@@ -248,44 +320,106 @@ impl Trainer {
 
     /// One optimiser step over `accumulate` micro-batches; returns (loss, lr, grad norm).
     pub fn train_step(&mut self) -> Result<(f64, f64, f64)> {
+        let r = self.step(None)?;
+        Ok((r.loss, r.lr, r.grad_norm))
+    }
+
+    /// The model the forward passes use: for bf16 a fresh build from differentiable bf16 casts of
+    /// the f32 masters (gradients land on the masters), else `None` (use `self.model`).
+    fn cast_model(&self) -> Result<Option<Box<dyn SegModel>>> {
+        match self.plan.config.precision {
+            Precision::F32 => Ok(None),
+            p @ Precision::Bf16 => {
+                let vb = precision_var_builder(&self.varmap, p, &self.device)?;
+                Ok(Some(self.plan.config.model.build(vb)?))
+            }
+        }
+    }
+
+    /// One optimiser step; `stop` is read after the backward passes and, in a world of several
+    /// ranks, or-ed over every rank so that all of them stop after the same step.
+    fn step(&mut self, stop: Option<&AtomicBool>) -> Result<StepResult> {
         let cfg = &self.plan.config;
         let acc = cfg.train.accumulate;
         let (kind, lcfg) = (cfg.loss.kind, cfg.loss.dice_ce());
         let clip = cfg.train.grad_clip;
+        let dtype = cfg.precision.dtype();
         let t = match cfg.schedule.unit {
             ScheduleUnit::Step => self.state.step,
             ScheduleUnit::Epoch => self.state.epoch,
         };
         let lr = cfg.schedule.lr(cfg.optim.lr, t);
+        let cast_model = self.cast_model()?;
+        let single = self.reducer.is_none();
         let mut grads = Grads::new();
         let mut total = 0f64;
+        let mut first_bad: Option<(f32, usize)> = None;
         for micro in 0..acc {
             let batch = self.next_batch()?;
-            let x = batch.image.to_device(&self.device)?;
+            let x = batch.image.to_device(&self.device)?.to_dtype(dtype)?;
             let y = batch
                 .label
                 .ok_or_else(|| Error::Config("training batch without labels".into()))?
                 .to_device(&self.device)?;
-            let logits = self.model.forward_t(&x, true)?;
+            let model: &dyn SegModel = match &cast_model {
+                Some(m) => m.as_ref(),
+                None => self.model.as_ref(),
+            };
+            // The loss is always computed in f32.
+            let logits = model.forward_t(&x, true)?.to_dtype(DType::F32)?;
             let l = loss::segmentation_loss(kind, &logits, &y, &lcfg)?;
             let v = l.to_dtype(DType::F32)?.to_scalar::<f32>()?;
             if !v.is_finite() {
-                return Err(Error::NonFiniteLoss {
+                let e = Error::NonFiniteLoss {
                     value: v,
                     step: self.state.step + 1,
                     epoch: self.state.epoch,
                     micro,
-                });
+                };
+                if single {
+                    return Err(e);
+                }
+                // The other ranks wait in the all-reduce: report after it, on every rank.
+                first_bad.get_or_insert((v, micro));
             }
             total += f64::from(v);
             let g = l.backward()?;
             grads.accumulate(&g, self.opt.vars().map(|(_, v)| v), 1.0 / acc as f64)?;
         }
-        let norm = if clip > 0.0 { grads.clip_norm(clip)? } else { grads.global_norm()? };
+        let mut mean_loss = total / acc as f64;
+        let mut stop_any = stop.is_some_and(|s| s.load(Ordering::SeqCst));
+        if let Some(reducer) = self.reducer.as_mut() {
+            // Parameter-name order: the same buffer layout on every rank.
+            let vars: Vec<Var> = self
+                .opt
+                .vars()
+                .filter(|(_, v)| grads.get(v).is_some())
+                .map(|(_, v)| v.clone())
+                .collect();
+            let local: Vec<Tensor> = vars.iter().filter_map(|v| grads.get(v).cloned()).collect();
+            let extra = [mean_loss as f32, f32::from(u8::from(stop_any))];
+            let (avg, extra) = all_reduce_mean(reducer.as_mut(), &local, &extra)?;
+            grads = Grads::new();
+            for (v, g) in vars.iter().zip(avg) {
+                grads.insert(v, g);
+            }
+            mean_loss = f64::from(extra[0]);
+            stop_any = extra[1] > 0.0;
+            if !mean_loss.is_finite() {
+                let (value, micro) = first_bad.unwrap_or((extra[0], acc - 1));
+                return Err(Error::NonFiniteLoss {
+                    value,
+                    step: self.state.step + 1,
+                    epoch: self.state.epoch,
+                    micro,
+                });
+            }
+        }
+        let grad_norm = if clip > 0.0 { grads.clip_norm(clip)? } else { grads.global_norm()? };
         self.opt.set_learning_rate(lr);
         self.opt.step(&grads)?;
         self.state.step += 1;
-        Ok((total / acc as f64, lr, norm))
+        Ok(StepResult { loss: mean_loss, lr, grad_norm, stop: stop_any })
     }
 
     /// Sliding-window validation over every validation volume; Dice only unless `distances`.
@@ -296,12 +430,18 @@ impl Trainer {
         let mut mcfg = MetricsConfig::new(nc, cfg.output.nsd_tolerance);
         mcfg.distances = distances;
         let mut metric = SegmentationMetric::new(mcfg)?;
+        let cast_model = self.cast_model()?;
+        let model: &dyn SegModel = match &cast_model {
+            Some(m) => m.as_ref(),
+            None => self.model.as_ref(),
+        };
+        let dtype = cfg.precision.dtype();
         for (i, batch) in self.val_loader.epoch(0).enumerate() {
             let batch = batch?;
             let x = batch.image.to_device(&self.device)?;
             let (_, _, d, h, w) = x.dims5()?;
             let logits = sliding_window_inference(&x, &cfg.inference, |t| {
-                Ok(self.model.forward_t(t, false)?)
+                Ok(model.forward_t(&t.to_dtype(dtype)?, false)?.to_dtype(DType::F32)?)
             })?;
             // [1, C, D, H, W] -> [D·H·W] class indices
             let pred: Vec<u8> = logits
@@ -371,7 +511,9 @@ impl Trainer {
         let max = cfg.train.max_steps;
         let start = Instant::now();
         let elapsed0 = self.state.elapsed_s;
-        let pb = if cfg.output.progress { ProgressBar::new(max) } else { ProgressBar::hidden() };
+        let writer = self.world.is_writer();
+        let progress = cfg.output.progress && writer;
+        let pb = if progress { ProgressBar::new(max) } else { ProgressBar::hidden() };
         pb.set_style(
             ProgressStyle::with_template(
                 "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps ({per_sec}, ETA {eta}) {msg}",
@@ -383,7 +525,8 @@ impl Trainer {
         let mut interrupted = false;
         let first_step = self.state.step;
         while self.state.step < max {
-            let (l, lr, norm) = self.train_step()?;
+            let StepResult { loss: l, lr, grad_norm: norm, stop: stop_flag } =
+                self.step(opts.stop.as_deref())?;
             losses.push(l);
             let step = self.state.step;
             let mut row = LogRow {
@@ -398,7 +541,7 @@ impl Trainer {
             };
             pb.set_position(step);
             pb.set_message(format!("loss {l:.4} lr {lr:.2e}"));
-            if pb.is_hidden() && cfg.output.progress && step.is_multiple_of((max / 20).max(1)) {
+            if pb.is_hidden() && progress && step.is_multiple_of((max / 20).max(1)) {
                 let el = start.elapsed().as_secs_f64();
                 let done = (step - first_step).max(1) as f64;
                 eprintln!(
@@ -407,7 +550,7 @@ impl Trainer {
                     el / done * (max - step) as f64
                 );
             }
-            let validate_now = step.is_multiple_of(cfg.train.val_every) && step < max;
+            let validate_now = writer && step.is_multiple_of(cfg.train.val_every) && step < max;
             if validate_now {
                 let ov = cfg
                     .output
@@ -430,12 +573,12 @@ impl Trainer {
             }
             self.state.history.push(row);
             self.state.elapsed_s = elapsed0 + start.elapsed().as_secs_f64();
-            let stop = opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
-                || opts.stop_after.is_some_and(|k| step >= k);
-            if stop
-                || validate_now
-                || step.is_multiple_of(cfg.train.checkpoint_every)
-                || step == max
+            let stop = stop_flag || opts.stop_after.is_some_and(|k| step >= k);
+            if writer
+                && (stop
+                    || validate_now
+                    || step.is_multiple_of(cfg.train.checkpoint_every)
+                    || step == max)
             {
                 self.save_last()?;
                 self.write_outputs()?;
@@ -447,7 +590,7 @@ impl Trainer {
         }
         pb.finish_and_clear();
         let mut report = None;
-        if !interrupted {
+        if !interrupted && writer {
             let ov = cfg.output.overlays.then(|| self.plan.run_dir.join("overlays/final.png"));
             let rep = self.validate(true, ov.as_deref())?;
             let mean = rep.mean.first().map_or(0.0, |r| r.value);
@@ -531,6 +674,9 @@ impl Trainer {
                 "  warning: the file was trained with merge_order {m:?}, the model uses {:?}\n",
                 mcfg.merge_order
             ));
+        }
+        if !self.world.is_writer() {
+            return Ok(());
         }
         eprint!("{text}");
         checkpoint::write_atomic(&self.plan.run_dir.join("init_from.txt"), text.as_bytes())

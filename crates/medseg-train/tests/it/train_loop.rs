@@ -10,7 +10,7 @@ use medseg_train::{
     loss::dice_ce_loss,
 };
 
-fn tiny_config(dir: &Path, steps: u64) -> TrainConfig {
+pub(crate) fn tiny_config(dir: &Path, steps: u64) -> TrainConfig {
     let data = dir.join("data");
     if !data.join("dataset.json").exists() {
         let pc = PhantomConfig {
