@@ -185,8 +185,12 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         return Ok(if outcome.interrupted { ExitCode::from(130) } else { ExitCode::SUCCESS });
     }
     if outcome.interrupted {
+        let gpus = match world.world_size {
+            1 => String::new(),
+            n => format!("--gpus {n} "),
+        };
         eprintln!(
-            "stopped at step {}; checkpoint saved. resume with: cargo xtask train --resume {}",
+            "stopped at step {}; checkpoint saved. resume with: cargo xtask train {gpus}--resume {}",
             outcome.step,
             outcome.run_dir.display()
         );
