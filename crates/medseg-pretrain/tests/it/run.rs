@@ -127,3 +127,21 @@ fn bad_inputs_are_typed_errors() {
     // resuming a folder without checkpoints
     assert!(Pretrainer::resume(tmp.path(), Device::Cpu).is_err());
 }
+
+#[test]
+fn the_label_scarce_experiment_configs_parse_and_validate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/label_scarce");
+    let pre = dir.join("pretrain.toml");
+    let text = std::fs::read_to_string(&pre).expect("read");
+    let c = PretrainConfig::from_toml(&text, &pre).expect("pretrain.toml parses");
+    c.validate().expect("pretrain.toml validates");
+    // The pretraining window must be the fine-tuning one (the point of the experiment's config).
+    let ft = dir.join("finetune.toml");
+    let text = std::fs::read_to_string(&ft).expect("read");
+    let t = medseg_train::TrainConfig::from_toml(&text, &ft).expect("finetune.toml parses");
+    t.validate().expect("finetune.toml validates");
+    assert_eq!((c.data.a_min, c.data.a_max), (t.data.a_min, t.data.a_max));
+    let medseg_train::ModelConfig::SwinUnetr(m) = &t.model else { panic!("not a Swin UNETR") };
+    assert_eq!(m.feature_size, c.model.feature_size);
+    assert_eq!(m.merge_order, Some(c.model.merge_order));
+}
