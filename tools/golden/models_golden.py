@@ -22,7 +22,6 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from monai.networks.nets import swin_unetr as su
 
@@ -93,7 +92,9 @@ def smt_forward_part2(self, x):
     return self.drop_path(y.reshape(b, d, h, w, c))
 
 
-def build(cfg: dict):
+def build_structure(cfg: dict):
+    """The architecture of `cfg` (MONAI argument names + merge_order / use_moe / num_layers_with_moe /
+    num_experts) with PyTorch's default initialisation; also used by tools/bench/train_monai.py."""
     kwargs = {k: v for k, v in cfg.items() if k not in ("merge_order", "use_moe", "num_layers_with_moe", "num_experts")}
     model = su.SwinUNETR(**kwargs)
     if cfg.get("merge_order") == "legacy":
@@ -109,6 +110,12 @@ def build(cfg: dict):
                 for blk in getattr(model.swinViT, name)[0].blocks:
                     blk.mlp = DynamicSlotsSoftMoE(blk.dim, num_experts=cfg["num_experts"], expert_mult=4)
                     blk.forward_part2 = types.MethodType(smt_forward_part2, blk)
+    return model
+
+
+def build(cfg: dict):
+    """`build_structure` with every weight from `formula` (the goldens' deterministic weights)."""
+    model = build_structure(cfg)
     sd = model.state_dict()
     new = {}
     for k, v in sd.items():
@@ -145,6 +152,9 @@ GRAD_KEYS = [
 
 
 def run_case(name: str, cfg: dict, shape):
+    # Imported here so that importing this module (the bench does) needs no safetensors.
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
     # float64 reference: the goldens are the exact values, so the Rust f32 error is measured
     # against the truth (PyTorch f32 itself is ~2e-3 off in max-abs/max on ill-conditioned grads).
