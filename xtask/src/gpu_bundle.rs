@@ -2,16 +2,17 @@
 //! machine that has the CUDA 13 libraries but no Rust toolchain and no network.
 //!
 //! Builds (in `target/cuda`, with the `cuda-setup` toolchain) the `cuda` test binaries of the crates
-//! with CUDA tests and the release binaries (`train`, `medseg`, the `bench_ops`/`bench_models`
+//! with CUDA tests and the release binaries (`train`, `medseg`, the `cuda_bench` and `bench_train`
 //! examples), stripped, xz-compressed (a stripped CUDA binary is ≈ 40 MB, mostly candle's PTX; xz
-//! makes it ≈ 5 MB), plus a few small inputs and `run.sh`, into `target/gpu-bundle/`. Fails if the
-//! folder exceeds the size limit.
+//! makes it ≈ 5 MB), plus a few small inputs, the PyTorch comparison scripts with the pure-Python
+//! wheels they need beyond torch and numpy (for an offline install), and `run.sh`, into
+//! `target/gpu-bundle/`. Fails if the folder exceeds the size limit.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, cuda, project_root, run_cmd};
+use crate::{cargo, cuda, project_root, reference_python, run_cmd};
 
 /// Crates whose test binaries carry CUDA tests (they skip with a printed reason on CPU); run.sh
 /// runs only the tests whose name contains `cuda` (the others read fixtures from the source tree).
@@ -22,6 +23,21 @@ const BINARIES: &[(&str, &str, &str)] = &[
     ("medseg-train", "bin", "train"),
     ("medseg-cli", "bin", "medseg"),
     ("medseg-ops", "example", "cuda_bench"),
+    ("medseg-train", "example", "bench_train"),
+];
+
+/// The PyTorch comparison of `run.sh bench` (copied into `py/`): the script and the Swin SMT twin
+/// it imports (the golden generator's `build_structure`).
+const PY_FILES: &[&str] = &["tools/bench/train_monai.py", "tools/golden/models_golden.py"];
+
+/// Pure-Python wheels the comparison needs besides torch and numpy (MONAI's only requirements;
+/// einops is soft-moe-pytorch's), pinned as in tools/golden/requirements.txt. Fetched once with
+/// `pip download` into `target/cuda/wheels` (about 1.7 MB) and copied into `py/wheels/`; `run.sh`
+/// installs them with `pip install --no-deps --no-index --target py/site`.
+const WHEELS: &[(&str, &str)] = &[
+    ("monai==1.6.1", "monai-1.6.1-py3-none-any.whl"),
+    ("einops==0.8.2", "einops-0.8.2-py3-none-any.whl"),
+    ("soft-moe-pytorch==0.1.9", "soft_moe_pytorch-0.1.9-py3-none-any.whl"),
 ];
 
 /// Small inputs copied into `data/` (relative to the project root).
@@ -63,7 +79,7 @@ pub fn run(args: Args) -> Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
     }
-    for sub in ["tests", "bin", "data"] {
+    for sub in ["tests", "bin", "data", "py/wheels"] {
         std::fs::create_dir_all(out.join(sub))?;
     }
 
@@ -101,6 +117,18 @@ pub fn run(args: Args) -> Result<()> {
         std::fs::copy(&src, out.join("data").join(name))
             .with_context(|| format!("copying {}", src.display()))?;
     }
+    for file in PY_FILES {
+        let src = root.join(file);
+        let name = src.file_name().context("script has a file name")?;
+        std::fs::copy(&src, out.join("py").join(name))
+            .with_context(|| format!("copying {}", src.display()))?;
+    }
+    let cache = root.join("target/cuda/wheels");
+    fetch_wheels(&cache)?;
+    for (_, file) in WHEELS {
+        std::fs::copy(cache.join(file), out.join("py/wheels").join(file))
+            .with_context(|| format!("copying {}", cache.join(file).display()))?;
+    }
     let script = out.join("run.sh");
     std::fs::write(&script, RUN_SH)?;
     run_cmd(Command::new("chmod").arg("+x").arg(&script))?;
@@ -111,6 +139,31 @@ pub fn run(args: Args) -> Result<()> {
         bail!("gpu bundle {} is {mib:.1} MiB, over the {} MiB limit", out.display(), args.max_mib);
     }
     eprintln!("gpu-bundle: {} ({mib:.1} MiB ≤ {} MiB)", out.display(), args.max_mib);
+    Ok(())
+}
+
+/// Downloads the missing [`WHEELS`] into `cache` with pip (the reference venv's, else `python3`'s;
+/// no dependencies, wheels only).
+fn fetch_wheels(cache: &Path) -> Result<()> {
+    let missing: Vec<&str> =
+        WHEELS.iter().filter(|(_, f)| !cache.join(f).exists()).map(|(spec, _)| *spec).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(cache).with_context(|| format!("creating {}", cache.display()))?;
+    let python = reference_python().unwrap_or_else(|| PathBuf::from("python3"));
+    run_cmd(
+        Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+            .arg(cache)
+            .args(&missing),
+    )
+    .with_context(|| format!("pip download {missing:?} (needs network once)"))?;
+    for (_, file) in WHEELS {
+        if !cache.join(file).exists() {
+            bail!("pip download did not produce {}", cache.join(file).display());
+        }
+    }
     Ok(())
 }
 
@@ -189,6 +242,9 @@ const RUN_SH: &str = r#"#!/usr/bin/env bash
 # the CUDA 13 libraries libcudart.so.13, libcublas.so.13, libcublasLt.so.13, libcurand.so.10,
 # libnvrtc.so.13: set CUDA_LIBS to their folder if they are not on the loader path already.
 # Usage: ./run.sh [tests|bench|train|all]   (default all). Logs go to ./logs/.
+# bench: BENCH_STEPS (timed training steps, default 10), BENCH_CASES (default base,smt),
+# BENCH_DEVICE (default cuda), PYTHON (an interpreter with torch + numpy, default python3; MONAI,
+# einops and soft-moe-pytorch come from py/wheels, installed into py/site without network).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
@@ -211,6 +267,44 @@ if [ "$what" = tests ] || [ "$what" = all ]; then
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   ./bin/cuda_bench 2>&1 | tee logs/cuda_bench.jsonl || status=1
+  # Training steps on the GPU (docs/cuda.md §3): Swin UNETR fs48 @ 96³ (base) and Swin SMT @ 128³
+  # (smt), one patch per step, f32 and bf16 mixed precision; median of BENCH_STEPS timed steps.
+  steps=${BENCH_STEPS:-10}
+  for p in f32 bf16; do
+    rm -f "logs/bench_train_cuda_$p.json"
+    ./bin/bench_train --device "${BENCH_DEVICE:-cuda}" --precision "$p" --cases "${BENCH_CASES:-base,smt}" \
+      --steps "$steps" --out "logs/bench_train_cuda_$p.json" 2>&1 | tee "logs/bench_train_cuda_$p.txt" || status=1
+  done
+  # The same steps in PyTorch eager (f32, and bf16 AMP) with MONAI 1.6.1 from py/wheels, offline.
+  py=${PYTHON:-python3}
+  if ! "$py" -c 'import torch, numpy' >/dev/null 2>&1; then
+    echo "run.sh: $py cannot import torch and numpy: PyTorch comparison skipped (set PYTHON=...)" | tee logs/bench_monai.txt
+  elif ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; then
+    echo "run.sh: torch sees no CUDA device: PyTorch comparison skipped" | tee logs/bench_monai.txt
+    status=1
+  else
+    if [ ! -d py/site/monai ]; then
+      "$py" -m pip install --no-deps --no-index --target py/site py/wheels/*.whl >logs/pip.txt 2>&1 \
+        || "$py" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall("py/site") for w in sys.argv[1:]]' py/wheels/*.whl \
+        || status=1
+    fi
+    export PYTHONPATH="$here/py/site:$here/py${PYTHONPATH:+:$PYTHONPATH}"
+    tables=()
+    for p in f32 bf16; do
+      if [ ! -e "logs/bench_train_cuda_$p.json" ]; then
+        echo "run.sh: no logs/bench_train_cuda_$p.json: skipping its comparison"
+        continue
+      fi
+      amp=()
+      if [ "$p" = bf16 ]; then amp=(--amp); fi
+      "$py" py/train_monai.py --rust-json "logs/bench_train_cuda_$p.json" --device "${BENCH_DEVICE:-cuda}" ${amp[@]+"${amp[@]}"} \
+        --out "logs/bench_train_cuda_$p.monai.json" 2>&1 | tee "logs/bench_monai_$p.txt" || status=1
+      if [ -e "logs/bench_train_cuda_$p.monai.json" ]; then tables+=("logs/bench_train_cuda_$p.monai.json"); fi
+    done
+    if [ ${#tables[@]} -gt 0 ]; then
+      "$py" py/train_monai.py --table "${tables[@]}" 2>&1 | tee logs/bench_train_table.md || status=1
+    fi
+  fi
 fi
 if [ "$what" = train ] || [ "$what" = all ]; then
   timeout 900 ./bin/train --config data/phantom.toml --device cuda --out runs/phantom-cuda \
@@ -219,3 +313,40 @@ fi
 echo "run.sh: exit status $status (logs in $here/logs)"
 exit $status
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::{BINARIES, INPUTS, PY_FILES, RUN_SH, WHEELS};
+    use crate::project_root;
+
+    #[test]
+    fn run_sh_is_valid_bash() {
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", RUN_SH])
+            .output()
+            .expect("bash runs");
+        assert!(out.status.success(), "run.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn bundled_files_exist_and_run_sh_uses_them() {
+        for f in INPUTS.iter().chain(PY_FILES) {
+            assert!(project_root().join(f).exists(), "{f} is missing");
+        }
+        // Every bundled binary but `medseg` (shipped for manual use) is run by run.sh.
+        for (_, _, name) in BINARIES.iter().filter(|(_, _, n)| *n != "medseg") {
+            assert!(RUN_SH.contains(&format!("./bin/{name} ")), "run.sh never runs bin/{name}");
+        }
+        for f in PY_FILES {
+            let name = f.rsplit('/').next().unwrap_or(f);
+            assert!(
+                RUN_SH.contains(&format!("py/{name}")) || name == "models_golden.py",
+                "run.sh never uses py/{name}"
+            );
+        }
+        for (spec, file) in WHEELS {
+            let (pkg, version) = spec.split_once("==").expect("pinned spec");
+            assert!(file.starts_with(&format!("{}-{version}-", pkg.replace('-', "_"))), "{file}");
+        }
+    }
+}
