@@ -162,7 +162,8 @@ def table(paths):
             target = "—"
             if m.get("precision") == "amp_bf16" and r.get("precision") == "bf16":
                 target = f"≥ {TARGET}×: {'met' if speed >= TARGET else 'NOT met'}"
-            mem = (f"{r.get('peak_device_mb', float('nan')):.0f} / {m.get('peak_device_mb', float('nan')):.0f}")
+            mb = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
+            mem = f"{mb(r.get('peak_device_mb'))} / {mb(m.get('peak_device_mb'))}"
             print(f"| {r['case']} | {mine} | {theirs} | {r['step_median_s']:.3f} | {m['step_median_s']:.3f} | "
                   f"{speed:.2f}× | {target} | {mem} | {r['sw_median_s']:.3f} / {m['sw_median_s']:.3f} |")
 
