@@ -297,13 +297,17 @@ fn check_index(key: &str, t: &Tensor) -> Result<()> {
 
 /// A `VarBuilder` over detached copies of the variables of `varmap` (sharing storage), for
 /// inference: ops on these tensors record no autograd graph, so intermediate activations are
-/// freed as soon as they are consumed instead of living until the output is dropped.
+/// freed as soon as they are consumed instead of living until the output is dropped. The builder
+/// is on the variables' device (CPU for an empty map).
 pub fn frozen_var_builder(varmap: &VarMap) -> Result<candle_nn::VarBuilder<'static>> {
     let data =
         varmap.data().lock().map_err(|_| candle::Error::Msg("varmap lock poisoned".into()))?;
     let tensors: HashMap<String, Tensor> =
         data.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect();
-    Ok(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu))
+    // The builder copies every tensor to its device: use the variables' own, so CUDA weights stay
+    // on the GPU.
+    let device = tensors.values().next().map_or(Device::Cpu, |t| t.device().clone());
+    Ok(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device))
 }
 
 /// Reads `path` and loads it into `varmap` (see [`load_into_varmap`]).
