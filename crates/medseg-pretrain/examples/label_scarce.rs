@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p medseg-pretrain --example label_scarce -- \
 //!     [--out runs/label_scarce] [--data data/label_scarce] [--seeds 0,1,2] \
-//!     [--pretrained CHECKPOINT] [--pretrain-steps N] [--finetune-steps N]
+//!     [--pretrained CHECKPOINT] [--pretrain-steps N] [--finetune-steps N] [--lr LR]
 //! ```
 //!
 //! 1. Writes a 24-case phantom (cases 0–11 are the default phantom's, 12–23 new) under `--data`
@@ -16,7 +16,8 @@
 //! 3. For every seed, fine-tunes `experiments/label_scarce/finetune.toml` twice, from scratch and
 //!    with `train.init_from` = the pretrained checkpoint; the seed fixes the initialisation of
 //!    everything outside the Swin encoder and the batch order, so each pair differs only in the
-//!    encoder's starting weights.
+//!    encoder's starting weights. `--lr` overrides the fine-tuning learning rate (docs/pretraining.md
+//!    reports 3e-3, the `phantom` preset's, and 3e-4).
 //! 4. Prints and writes `<out>/summary.md`: validation mean Dice at every validation step per run,
 //!    the means over seeds, and the final per-class Dice.
 //!
@@ -39,6 +40,7 @@ struct Args {
     pretrained: Option<PathBuf>,
     pretrain_steps: Option<u64>,
     finetune_steps: Option<u64>,
+    lr: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -49,6 +51,7 @@ fn parse_args() -> Result<Args> {
         pretrained: None,
         pretrain_steps: None,
         finetune_steps: None,
+        lr: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -65,6 +68,7 @@ fn parse_args() -> Result<Args> {
             }
             "--pretrain-steps" => a.pretrain_steps = Some(value()?.parse()?),
             "--finetune-steps" => a.finetune_steps = Some(value()?.parse()?),
+            "--lr" => a.lr = Some(value()?.parse()?),
             other => bail!("unknown argument {other:?} (see the example's doc comment)"),
         }
     }
@@ -170,6 +174,9 @@ fn finetune(args: &Args, seed: u64, init_from: Option<&Path>) -> Result<(Vec<Str
     if let Some(n) = args.finetune_steps {
         cfg.train.max_steps = n;
     }
+    if let Some(lr) = args.lr {
+        cfg.optim.lr = lr;
+    }
     let device = device_from_str(&cfg.device)?;
     let plan = cfg.resolve()?;
     eprintln!("fine-tuning: {}", plan.run_dir.display());
@@ -182,10 +189,16 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
 
-fn summary(args: &Args, ckpt: &Path, classes: &[String], runs: &[(u64, Curve, Curve)]) -> String {
+fn summary(
+    args: &Args,
+    lr: f64,
+    ckpt: &Path,
+    classes: &[String],
+    runs: &[(u64, Curve, Curve)],
+) -> String {
     let steps: Vec<u64> = runs[0].1.iter().map(|r| r.0).collect();
     let mut s = format!(
-        "# Label-scarce fine-tuning: pretrained encoder vs scratch\n\npretrained encoder: `{}`\n\n",
+        "# Label-scarce fine-tuning: pretrained encoder vs scratch\n\npretrained encoder: `{}`; fine-tuning lr {lr:e}\n\n",
         ckpt.display()
     );
     s.push_str(
@@ -247,7 +260,9 @@ fn main() -> Result<()> {
         classes = c;
         runs.push((seed, scratch, pre));
     }
-    let text = summary(&args, &ckpt, &classes, &runs);
+    let origin = Path::new("experiments/label_scarce/finetune.toml");
+    let lr = args.lr.unwrap_or(TrainConfig::from_toml(FINETUNE, origin)?.optim.lr);
+    let text = summary(&args, lr, &ckpt, &classes, &runs);
     let path = args.out.join("summary.md");
     medseg_train::checkpoint::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
