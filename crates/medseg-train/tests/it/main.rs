@@ -14,3 +14,16 @@ mod data_parallel;
 
 /// Fine-tuning on the shared real CT (skipped without `../shared/data`).
 mod real_data;
+
+/// A tiny MONAI SwinUNETR config (fs 12, 1 → 3 channels) as a `[model]` table would give it.
+fn tiny_swin_unetr() -> medseg_train::ModelConfig {
+    let text = r#"
+        kind = "swin_unetr"
+        in_channels = 1
+        out_channels = 3
+        feature_size = 12
+        depths = [2, 2, 2, 2]
+        num_heads = [3, 6, 12, 24]
+    "#;
+    toml::from_str(text).expect("model config")
+}

@@ -46,16 +46,8 @@ fn bf16_training_steps_track_f32_and_keep_f32_checkpoints() {
 fn swin_unetr_runs_forward_and_backward_in_bf16_on_cpu() {
     use medseg_train::cuda_precision::precision_var_builder;
     use medseg_train::seeded::SeededVarMap;
-    use medseg_train::{DiceCeConfig, ModelConfig, loss::dice_ce_loss};
-    let text = r#"
-        kind = "swin_unetr"
-        in_channels = 1
-        out_channels = 3
-        feature_size = 12
-        depths = [2, 2, 2, 2]
-        num_heads = [3, 6, 12, 24]
-    "#;
-    let cfg: ModelConfig = toml::from_str(text).expect("model config");
+    use medseg_train::{DiceCeConfig, loss::dice_ce_loss};
+    let cfg = crate::tiny_swin_unetr();
     let vm = candle_nn::VarMap::new();
     cfg.build(SeededVarMap::var_builder(&vm, 3, DType::F32, &Device::Cpu)).expect("masters");
     let m = cfg

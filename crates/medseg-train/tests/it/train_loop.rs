@@ -177,15 +177,7 @@ fn a_raised_stop_flag_saves_and_returns_after_one_step() {
 
 #[test]
 fn swin_unetr_trains_through_the_trainer_path_with_correct_decay_groups() {
-    let text = r#"
-        kind = "swin_unetr"
-        in_channels = 1
-        out_channels = 3
-        feature_size = 12
-        depths = [2, 2, 2, 2]
-        num_heads = [3, 6, 12, 24]
-    "#;
-    let cfg: ModelConfig = toml::from_str(text).expect("model config");
+    let cfg = crate::tiny_swin_unetr();
     assert_eq!(cfg.size_divisor(), 32);
     let vm = VarMap::new();
     let m = cfg.build(SeededVarMap::var_builder(&vm, 3, DType::F32, &Device::Cpu)).expect("swin");
