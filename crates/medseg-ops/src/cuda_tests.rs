@@ -24,18 +24,7 @@ fn cuda_device(test: &str) -> Option<Device> {
     }
 }
 
-/// Deterministic values in [-1, 1) (xorshift).
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+use medseg_testkit::random_values as values;
 
 fn rand(shape: &[usize], seed: u64, dev: &Device) -> candle::Result<Tensor> {
     Tensor::from_vec(values(shape.iter().product(), seed), shape, dev)

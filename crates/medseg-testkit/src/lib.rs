@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use candle::{DType, Device, Result, Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
 
-/// A deterministic tensor with entries uniform in `[-1, 1)` (xorshift64*, seeded).
-pub fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
+/// Deterministic values uniform in `[-1, 1)` (xorshift64*, seeded).
+pub fn random_values(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<f32> = (0..n)
+    (0..n)
         .map(|_| {
             state ^= state >> 12;
             state ^= state << 25;
@@ -19,8 +18,12 @@ pub fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> Result<Tens
             let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
             ((r >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
-        .collect();
-    Tensor::from_vec(data, shape, device)
+        .collect()
+}
+
+/// A deterministic tensor of [`random_values`].
+pub fn random_tensor(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    Tensor::from_vec(random_values(shape.iter().product(), seed), shape, device)
 }
 
 /// Maximum absolute difference and the flat index where it occurs.
