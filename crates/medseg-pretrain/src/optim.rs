@@ -102,12 +102,7 @@ impl Optimizer {
         Ok(match cfg.kind {
             OptimKind::Adamw => Optimizer::AdamW(AdamW::from_varmap(
                 varmap,
-                AdamWConfig {
-                    lr: cfg.lr,
-                    weight_decay: cfg.weight_decay,
-                    betas: cfg.betas,
-                    eps: cfg.eps,
-                },
+                AdamWConfig::new(cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps),
             )?),
             OptimKind::Sgd => {
                 let vars = medseg_train::optim::varmap_vars(varmap)?;

@@ -343,6 +343,12 @@ impl TrainConfig {
         if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return bad(format!("optim.betas {:?} must be in [0, 1)", o.betas));
         }
+        if !(o.encoder_lr_scale >= 0.0 && o.encoder_lr_scale.is_finite()) {
+            return bad(format!(
+                "optim.encoder_lr_scale must be ≥ 0 (1 = same lr, 0 = frozen encoder), got {}",
+                o.encoder_lr_scale
+            ));
+        }
         let l = &self.loss;
         if l.lambda_dice < 0.0 || l.lambda_ce < 0.0 || l.lambda_dice + l.lambda_ce == 0.0 {
             return bad(format!(

@@ -26,6 +26,26 @@ pub struct AdamWConfig {
     pub betas: [f64; 2],
     /// ε added to the denominator.
     pub eps: f64,
+    /// Multiplier of the learning rate (and so of the decoupled decay) for the encoder's
+    /// parameters, those named [`ENCODER_PREFIX`]`*` (the Swin transformer of Swin UNETR and
+    /// Swin SMT). 1 = one learning rate for everything; 0.1 is the usual choice when fine-tuning
+    /// from a pretrained encoder; 0 freezes it.
+    #[serde(default = "unit_scale")]
+    pub encoder_lr_scale: f64,
+}
+
+/// Name prefix of the parameters [`AdamWConfig::encoder_lr_scale`] scales: the `swinViT` encoder.
+pub const ENCODER_PREFIX: &str = "swinViT.";
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+impl AdamWConfig {
+    /// `lr`, `weight_decay`, `betas`, `eps` as given and one learning rate for every parameter.
+    pub fn new(lr: f64, weight_decay: f64, betas: [f64; 2], eps: f64) -> Self {
+        AdamWConfig { lr, weight_decay, betas, eps, encoder_lr_scale: 1.0 }
+    }
 }
 
 /// Every variable of `varmap` with its name (any optimiser's parameter list).
@@ -54,6 +74,8 @@ struct Param {
     name: String,
     var: Var,
     decay: bool,
+    /// Multiplier of the group learning rate ([`AdamWConfig::encoder_lr_scale`] or 1).
+    lr_scale: f64,
     m: Tensor,
     v: Tensor,
 }
@@ -77,9 +99,11 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let decay = !no_decay(&name, var.rank());
+                let lr_scale =
+                    if name.starts_with(ENCODER_PREFIX) { cfg.encoder_lr_scale } else { 1.0 };
                 let m = var.zeros_like()?;
                 let v = var.zeros_like()?;
-                Ok(Param { name, var, decay, m, v })
+                Ok(Param { name, var, decay, lr_scale, m, v })
             })
             .collect::<Result<Vec<_>>>()?;
         let lr = cfg.lr;
@@ -122,12 +146,12 @@ impl AdamW {
         self.step += 1;
         let t = self.step as i32;
         let [b1, b2] = self.cfg.betas;
-        let lr = self.lr;
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        let step_size = lr / bc1;
         for p in &mut self.params {
             let Some(g) = grads.get(&p.var) else { continue };
+            let lr = self.lr * p.lr_scale;
+            let step_size = lr / bc1;
             let mut theta = p.var.as_tensor().detach();
             if p.decay && self.cfg.weight_decay != 0.0 {
                 theta = (&theta * (1.0 - lr * self.cfg.weight_decay))?;

@@ -31,7 +31,7 @@ use crate::config::{CacheKind, TrainConfig, TrainPlan};
 use crate::cuda_precision::{Precision, precision_var_builder};
 use crate::distributed::{GradientReducer, World, all_reduce_mean, shard};
 use crate::model::SegModel;
-use crate::optim::{AdamW, Grads};
+use crate::optim::{AdamW, ENCODER_PREFIX, Grads};
 use crate::schedule::ScheduleUnit;
 use crate::seeded::SeededVarMap;
 use crate::sliding_window::sliding_window_inference;
@@ -262,6 +262,14 @@ impl Trainer {
         let vb = SeededVarMap::var_builder(&varmap, plan.config.seed, DType::F32, &device);
         let model = plan.config.model.build(vb)?;
         let opt = AdamW::from_varmap(&varmap, plan.config.optim.clone())?;
+        let scale = plan.config.optim.encoder_lr_scale;
+        if scale != 1.0 && opt.vars().all(|(n, _)| !n.starts_with(ENCODER_PREFIX)) {
+            return Err(Error::Config(format!(
+                "optim.encoder_lr_scale = {scale} but the model has no `{ENCODER_PREFIX}*` \
+                 parameters (only Swin UNETR and Swin SMT have an encoder to scale); remove the \
+                 setting"
+            )));
+        }
         let (train_loader, val_loader, class_names) = loaders(&plan, &plan.run_dir, world)?;
         Ok(Trainer {
             plan,

@@ -164,7 +164,7 @@ fn adamw_param_groups_match_torch() {
     let a = Var::from_tensor(&g.get("adamw.a0")).expect("a");
     // a rank-1 tensor named like a bias: no-decay group
     let b = Var::from_tensor(&g.get("adamw.b0")).expect("b");
-    let cfg = AdamWConfig { lr: 1e-2, weight_decay: 0.05, betas: [0.9, 0.999], eps: 1e-8 };
+    let cfg = AdamWConfig::new(1e-2, 0.05, [0.9, 0.999], 1e-8);
     let mut opt =
         AdamW::new(vec![("layer.weight".into(), a.clone()), ("layer.bias".into(), b.clone())], cfg)
             .expect("opt");
@@ -193,4 +193,41 @@ fn clip_grad_norm_matches_torch() {
     assert!((norm - f64::from(want[0])).abs() < 1e-5, "{norm} vs {}", want[0]);
     assert_close("clip 1", grads.get(&v1).expect("g"), &g.get("clip.c1"), 1e-6, 1e-5);
     assert_close("clip 2", grads.get(&v2).expect("g"), &g.get("clip.c2"), 1e-6, 1e-5);
+}
+
+#[test]
+fn encoder_lr_scale_scales_only_the_swin_encoder() {
+    let g = golden();
+    let run = |scale: f64, lr: f64| {
+        let enc = Var::from_tensor(&g.get("adamw.a0")).expect("enc");
+        let dec = Var::from_tensor(&g.get("adamw.a0")).expect("dec");
+        let cfg = AdamWConfig {
+            encoder_lr_scale: scale,
+            ..AdamWConfig::new(lr, 0.05, [0.9, 0.999], 1e-8)
+        };
+        let mut opt = AdamW::new(
+            vec![("swinViT.layers1.0.w".into(), enc.clone()), ("decoder1.w".into(), dec.clone())],
+            cfg,
+        )
+        .expect("opt");
+        for i in 0..3 {
+            let mut grads = Grads::new();
+            grads.insert(&enc, g.get(&format!("adamw.ga{i}")));
+            grads.insert(&dec, g.get(&format!("adamw.ga{i}")));
+            opt.step(&grads).expect("step");
+        }
+        (enc.as_tensor().clone(), dec.as_tensor().clone())
+    };
+    let (enc, dec) = run(0.25, 1e-2);
+    // the decoder follows torch at the full lr; the encoder follows AdamW at a quarter of it
+    assert_close("decoder", &dec, &g.get("adamw.a3"), 1e-6, 1e-5);
+    let (quarter, _) = run(1.0, 2.5e-3);
+    assert_close("encoder", &enc, &quarter, 1e-7, 0.0);
+    assert!(
+        (&enc - &dec).and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>()).expect("diff") > 1e-4,
+        "the encoder must move less than the decoder"
+    );
+    // 0 freezes the encoder, weight decay included
+    let (frozen, _) = run(0.0, 1e-2);
+    assert_close("frozen", &frozen, &g.get("adamw.a0"), 0.0, 0.0);
 }

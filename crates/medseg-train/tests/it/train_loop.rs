@@ -183,7 +183,7 @@ fn swin_unetr_trains_through_the_trainer_path_with_correct_decay_groups() {
     let m = cfg.build(SeededVarMap::var_builder(&vm, 3, DType::F32, &Device::Cpu)).expect("swin");
     let opt = medseg_train::AdamW::from_varmap(
         &vm,
-        medseg_train::AdamWConfig { lr: 1e-4, weight_decay: 1e-5, betas: [0.9, 0.999], eps: 1e-8 },
+        medseg_train::AdamWConfig::new(1e-4, 1e-5, [0.9, 0.999], 1e-8),
     )
     .expect("opt");
     // a 32³ patch leaves a 1-voxel bottleneck (instance norm of one voxel: no gradient)
