@@ -474,6 +474,14 @@ mod tests {
         let mut c = TrainConfig::preset("phantom").expect("preset");
         c.inference.overlap = 1.0;
         assert!(c.validate().is_err());
+        let mut c = TrainConfig::preset("phantom").expect("preset");
+        assert_eq!(c.optim.encoder_lr_scale, 1.0, "defaults to one lr for all");
+        c.optim.encoder_lr_scale = -0.1;
+        let e = c.validate().expect_err("negative scale");
+        assert!(
+            e.to_string().contains("encoder_lr_scale") && e.to_string().contains("-0.1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -112,6 +112,15 @@ fn missing_datalist_is_a_clear_error() {
 }
 
 #[test]
+fn encoder_lr_scale_on_a_model_without_encoder_is_rejected() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut cfg = tiny_config(tmp.path(), 3);
+    cfg.optim.encoder_lr_scale = 0.1;
+    let e = Trainer::new(cfg.resolve().expect("plan"), Device::Cpu).expect_err("no encoder");
+    assert!(matches!(e, Error::Config(_)) && e.to_string().contains("swinViT"), "{e}");
+}
+
+#[test]
 fn every_tiny_unet_parameter_gets_a_gradient_and_seeding_is_deterministic() {
     let cfg = ModelConfig::TinyUnet(TinyUnetConfig {
         in_channels: 1,
