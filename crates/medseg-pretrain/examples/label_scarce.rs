@@ -4,7 +4,8 @@
 //! ```text
 //! cargo run --release -p medseg-pretrain --example label_scarce -- \
 //!     [--out runs/label_scarce] [--data data/label_scarce] [--seeds 0,1,2] \
-//!     [--pretrained CHECKPOINT] [--pretrain-steps N] [--finetune-steps N] [--lr LR]
+//!     [--pretrained CHECKPOINT] [--pretrain-steps N] [--finetune-steps N] [--lr LR] \
+//!     [--encoder-lr-scale S]
 //! ```
 //!
 //! 1. Writes a 24-case phantom (cases 0–11 are the default phantom's, 12–23 new) under `--data`
@@ -17,7 +18,8 @@
 //!    with `train.init_from` = the pretrained checkpoint; the seed fixes the initialisation of
 //!    everything outside the Swin encoder and the batch order, so each pair differs only in the
 //!    encoder's starting weights. `--lr` overrides the fine-tuning learning rate (docs/pretraining.md
-//!    reports 3e-3, the `phantom` preset's, and 3e-4).
+//!    reports 3e-3, the `phantom` preset's, and 3e-4); `--encoder-lr-scale` sets
+//!    `optim.encoder_lr_scale` of both runs of a pair (the encoder's lr multiplier).
 //! 4. Prints and writes `<out>/summary.md`: validation mean Dice at every validation step per run,
 //!    the means over seeds, and the final per-class Dice.
 //!
@@ -41,6 +43,7 @@ struct Args {
     pretrain_steps: Option<u64>,
     finetune_steps: Option<u64>,
     lr: Option<f64>,
+    encoder_lr_scale: Option<f64>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Args> {
         pretrain_steps: None,
         finetune_steps: None,
         lr: None,
+        encoder_lr_scale: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +73,7 @@ fn parse_args() -> Result<Args> {
             "--pretrain-steps" => a.pretrain_steps = Some(value()?.parse()?),
             "--finetune-steps" => a.finetune_steps = Some(value()?.parse()?),
             "--lr" => a.lr = Some(value()?.parse()?),
+            "--encoder-lr-scale" => a.encoder_lr_scale = Some(value()?.parse()?),
             other => bail!("unknown argument {other:?} (see the example's doc comment)"),
         }
     }
@@ -177,6 +182,9 @@ fn finetune(args: &Args, seed: u64, init_from: Option<&Path>) -> Result<(Vec<Str
     if let Some(lr) = args.lr {
         cfg.optim.lr = lr;
     }
+    if let Some(scale) = args.encoder_lr_scale {
+        cfg.optim.encoder_lr_scale = scale;
+    }
     let device = device_from_str(&cfg.device)?;
     let plan = cfg.resolve()?;
     eprintln!("fine-tuning: {}", plan.run_dir.display());
@@ -191,14 +199,14 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
 
 fn summary(
     args: &Args,
-    lr: f64,
+    (lr, encoder_lr_scale): (f64, f64),
     ckpt: &Path,
     classes: &[String],
     runs: &[(u64, Curve, Curve)],
 ) -> String {
     let steps: Vec<u64> = runs[0].1.iter().map(|r| r.0).collect();
     let mut s = format!(
-        "# Label-scarce fine-tuning: pretrained encoder vs scratch\n\npretrained encoder: `{}`; fine-tuning lr {lr:e}\n\n",
+        "# Label-scarce fine-tuning: pretrained encoder vs scratch\n\npretrained encoder: `{}`; fine-tuning lr {lr:e}, encoder lr × {encoder_lr_scale}\n\n",
         ckpt.display()
     );
     s.push_str(
@@ -261,8 +269,10 @@ fn main() -> Result<()> {
         runs.push((seed, scratch, pre));
     }
     let origin = Path::new("experiments/label_scarce/finetune.toml");
-    let lr = args.lr.unwrap_or(TrainConfig::from_toml(FINETUNE, origin)?.optim.lr);
-    let text = summary(&args, lr, &ckpt, &classes, &runs);
+    let optim = TrainConfig::from_toml(FINETUNE, origin)?.optim;
+    let lrs =
+        (args.lr.unwrap_or(optim.lr), args.encoder_lr_scale.unwrap_or(optim.encoder_lr_scale));
+    let text = summary(&args, lrs, &ckpt, &classes, &runs);
     let path = args.out.join("summary.md");
     medseg_train::checkpoint::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
