@@ -127,6 +127,81 @@ def build(cfg: dict):
     return model
 
 
+class SslHead(torch.nn.Module):
+    """research-contributions SwinUNETR/Pretrain models/ssl_head.py (upsample "vae") with
+    dim = 16 * feature_size (the research code hard-codes 768 = 16 * 48); the backbone is
+    `build_structure`'s MONAI SwinTransformer. Also used by tools/reference/ssl_pretrain_ref.py."""
+
+    def __init__(self, feature_size, merge_order="legacy", in_channels=1):
+        super().__init__()
+        nn = torch.nn
+        cfg = dict(in_channels=in_channels, out_channels=2, feature_size=feature_size, use_v2=False,
+                   merge_order=merge_order)
+        self.swinViT = build_structure(cfg).swinViT
+        dim = 16 * feature_size
+        self.rotation_head = nn.Linear(dim, 4)
+        self.contrastive_head = nn.Linear(dim, 512)
+        chans = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
+        layers = []
+        for i in range(5):
+            layers += [nn.Conv3d(chans[i], chans[i + 1], 3, padding=1), nn.InstanceNorm3d(chans[i + 1]),
+                       nn.LeakyReLU(), nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
+        layers.append(nn.Conv3d(dim // 16, in_channels, 1))
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        x_out = self.swinViT(x.contiguous())[4]
+        tokens = x_out.flatten(2).transpose(1, 2)
+        return (self.rotation_head(tokens[:, 0]), self.contrastive_head(tokens[:, 1]),
+                self.conv(x_out))
+
+
+SSL_GRAD_KEYS = [
+    "swinViT.patch_embed.proj.weight",
+    "swinViT.layers1.0.blocks.1.attn.relative_position_bias_table",
+    "swinViT.layers2.0.blocks.0.mlp.linear1.bias",
+    "swinViT.layers2.0.downsample.reduction.weight",
+    "rotation_head.weight",
+    "contrastive_head.bias",
+    "conv.12.weight",
+    "conv.16.weight",
+    "conv.20.weight",
+    "conv.20.bias",
+]
+
+
+def run_ssl_case(name: str, feature_size: int, shape):
+    """SslHead with formula weights in float64: outputs, and the gradients of
+    L = sum(rot * cos(0.05 i)) + sum(con * cos(0.05 i)) + sum(rec * cos(0.05 i))."""
+    from safetensors.torch import save_file
+
+    model = SslHead(feature_size)
+    sd = model.state_dict()
+    model.load_state_dict({k: v if k.endswith("relative_position_index") else formula(k, tuple(v.shape))
+                           for k, v in sd.items()})
+    model = model.double()
+    model.train(False)
+    x = input_formula(shape).double()
+    rot, con, rec = model(x)
+    loss = sum((t * torch.cos(0.05 * torch.arange(t.numel(), dtype=torch.float64)).reshape(t.shape)).sum()
+               for t in (rot, con, rec))
+    loss.backward()
+    params = dict(model.named_parameters())
+    tensors = {
+        "rot": rot.detach().float().contiguous(),
+        "con": con.detach().float().contiguous(),
+        "rec_sub": rec.detach()[:, :, ::4, ::4, ::4].float().contiguous(),
+        "rec_sum": rec.detach().sum().reshape(1).float(),
+        "loss": loss.detach().reshape(1).float(),
+        "in_shape": torch.tensor(list(shape), dtype=torch.int64),
+    }
+    for k in SSL_GRAD_KEYS:
+        tensors["grad." + k] = params[k].grad.detach().float().contiguous()
+    path = os.path.join(OUT, f"{name}.safetensors")
+    save_file(tensors, path, metadata={"feature_size": str(feature_size), "merge_order": "legacy"})
+    print(f"{name}: rot {rot.detach().numpy().round(4)} loss {loss.item():.6f} -> {os.path.getsize(path)} bytes")
+
+
 GRAD_KEYS = [
     "swinViT.patch_embed.proj.weight",
     "swinViT.layers1.0.blocks.1.attn.relative_position_bias_table",
@@ -221,6 +296,8 @@ def main():
     ]
     models = {}
     only = sys.argv[1:]  # optional case names to regenerate
+    if not only or "ssl_head_fs12_legacy" in only:
+        run_ssl_case("ssl_head_fs12_legacy", 12, (1, 1, 64, 32, 32))
     for name, cfg, shape in cases:
         if only and name not in only:
             continue

@@ -26,13 +26,11 @@ import time
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "golden"))
-from models_golden import build_structure  # noqa: E402
+from models_golden import SslHead  # noqa: E402
 from ssl_golden import aug_rand, rot_rand, ssl_loss  # noqa: E402
 
 
@@ -51,33 +49,6 @@ class Rng:
 
     def normal(self, shape, dtype):
         return torch.empty(shape, dtype=dtype).normal_(generator=self.gen)
-
-
-class SslHead(nn.Module):
-    """research-contributions models/ssl_head.py (upsample "vae"), dim = 16 * feature_size."""
-
-    def __init__(self, feature_size):
-        super().__init__()
-        cfg = dict(in_channels=1, out_channels=2, feature_size=feature_size, use_v2=False,
-                   merge_order="legacy")
-        self.swinViT = build_structure(cfg).swinViT
-        dim = 16 * feature_size
-        self.rotation_head = nn.Linear(dim, 4)
-        self.contrastive_head = nn.Linear(dim, 512)
-        chans = [dim, dim // 2, dim // 4, dim // 8, dim // 16, dim // 16]
-        layers = []
-        for i in range(5):
-            layers += [nn.Conv3d(chans[i], chans[i + 1], 3, padding=1), nn.InstanceNorm3d(chans[i + 1]),
-                       nn.LeakyReLU(), nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False)]
-        layers.append(nn.Conv3d(dim // 16, 1, 1))
-        self.conv = nn.Sequential(*layers)
-
-    def forward(self, x):
-        x_out = self.swinViT(x.contiguous())[4]
-        b, c = x_out.shape[:2]
-        tokens = x_out.flatten(2).transpose(1, 2)
-        return (self.rotation_head(tokens[:, 0]), self.contrastive_head(tokens[:, 1]),
-                self.conv(x_out))
 
 
 def load(path, a_min, a_max):
