@@ -101,6 +101,11 @@ impl SslHead {
         Ok(Self { swin_vit, rotation_head, contrastive_head, convs })
     }
 
+    /// The Swin encoder (`swinViT.*`), e.g. for statistics of its hidden states.
+    pub fn encoder(&self) -> &SwinTransformer {
+        &self.swin_vit
+    }
+
     /// # Shapes
     /// `[B, in, D, H, W]` (D, H, W divisible by 32) → (`x_rot` `[B, 4]`,
     /// `x_contrastive` `[B, 512]`, `x_rec` `[B, in, D, H, W]`).

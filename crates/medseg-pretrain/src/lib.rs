@@ -8,6 +8,7 @@
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod features;
 pub mod loss;
 pub mod ops;
 pub mod optim;
@@ -16,6 +17,7 @@ pub mod pretrainer;
 
 pub use config::{PretrainConfig, PretrainPlan};
 pub use error::{Error, Result};
+pub use features::participation_ratio;
 pub use loss::{LossWeights, SslLoss, contrastive_loss, cross_entropy, l1_loss, ssl_loss};
 pub use ops::{CutoutConfig, Draws, Replay, RngDraws, aug_rand, patch_rand_drop, rot_rand, rot90};
-pub use pretrainer::{Pretrainer, RunOptions, RunOutcome, ssl_step};
+pub use pretrainer::{Pretrainer, RunOptions, RunOutcome, Validation, ssl_step};

@@ -33,12 +33,17 @@ pub struct LogRow {
     pub val_loss: Option<f64>,
     /// Mean validation reconstruction loss (the research model-selection criterion).
     pub val_recon: Option<f64>,
+    /// Participation ratio of the encoder's normalised hidden states, stages 0–4, on the clean
+    /// validation volumes ([`crate::participation_ratio`]); near 1 = collapsed features.
+    #[serde(default)]
+    pub val_feature_pr: Option<[f64; 5]>,
 }
 
 /// `metrics.csv`.
 pub fn metrics_csv(rows: &[LogRow]) -> String {
     let mut s = String::from(
-        "step,epoch,loss,rot,contrast,recon,lr,grad_norm,elapsed_s,val_loss,val_recon\n",
+        "step,epoch,loss,rot,contrast,recon,lr,grad_norm,elapsed_s,val_loss,val_recon,\
+         val_pr0,val_pr1,val_pr2,val_pr3,val_pr4\n",
     );
     for r in rows {
         let _ = write!(
@@ -52,6 +57,12 @@ pub fn metrics_csv(rows: &[LogRow]) -> String {
         s.push(',');
         if let Some(v) = r.val_recon {
             let _ = write!(s, "{v:.6}");
+        }
+        for i in 0..5 {
+            s.push(',');
+            if let Some(pr) = r.val_feature_pr {
+                let _ = write!(s, "{:.3}", pr[i]);
+            }
         }
         s.push('\n');
     }

@@ -29,6 +29,7 @@ use medseg_train::optim::Grads;
 use medseg_train::seeded::SeededVarMap;
 
 use crate::config::{PretrainConfig, PretrainPlan};
+use crate::features::participation_ratio;
 use crate::loss::{SslLoss, scalar, ssl_loss};
 use crate::ops::{RngDraws, aug_rand, rot_rand};
 use crate::optim::Optimizer;
@@ -46,6 +47,17 @@ pub struct RunOptions {
     pub stop: Option<Arc<AtomicBool>>,
     /// Save and return after this step (tests of resume).
     pub stop_after: Option<u64>,
+}
+
+/// One validation pass ([`Pretrainer::validate`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// Mean total loss.
+    pub loss: f64,
+    /// Mean reconstruction loss.
+    pub recon: f64,
+    /// Mean participation ratio of the encoder's hidden states, stages 0–4.
+    pub feature_pr: [f64; 5],
 }
 
 /// What a [`Pretrainer::run`] call did.
@@ -310,18 +322,21 @@ impl Pretrainer {
             elapsed_s: 0.0,
             val_loss: None,
             val_recon: None,
+            val_feature_pr: None,
         })
     }
 
-    /// Mean (total, reconstruction) loss over the validation crops with fixed pretext draws;
-    /// writes the reconstruction panels of the first crop to `png` when given. `None` without
-    /// validation data.
-    pub fn validate(&self, png: Option<&Path>) -> Result<Option<(f64, f64)>> {
+    /// Mean (total, reconstruction) loss over the validation crops with fixed pretext draws, and
+    /// the mean [`participation_ratio`] of the encoder's five normalised hidden states on the
+    /// clean crops; writes the reconstruction panels of the first crop to `png` when given.
+    /// `None` without validation data.
+    pub fn validate(&self, png: Option<&Path>) -> Result<Option<Validation>> {
         let Some(val) = &self.val_loader else { return Ok(None) };
         let cfg = &self.plan.config;
         let frozen =
             SslHead::new(&cfg.model, frozen_var_builder(&self.varmap).map_err(candle_err)?)?;
         let (mut tot, mut rec, mut n) = (0f64, 0f64, 0usize);
+        let mut pr = [0f64; 5];
         for (i, batch) in val.epoch(0).enumerate() {
             if cfg.train.val_batches > 0 && i >= cfg.train.val_batches {
                 break;
@@ -331,6 +346,10 @@ impl Pretrainer {
             let v = ssl_step(&frozen, &batch.image, cfg, &mut rng, false, &self.device)?;
             tot += scalar(&v.loss.total)?;
             rec += scalar(&v.loss.recon)?;
+            let hidden = frozen.encoder().forward_t(&batch.image, true, false)?;
+            for (acc, h) in pr.iter_mut().zip(&hidden) {
+                *acc += participation_ratio(h)?;
+            }
             n += 1;
             if i == 0
                 && let Some(p) = png
@@ -341,7 +360,12 @@ impl Pretrainer {
                 output::recon_png(p, &v.target[..per], &v.input[..per], &r[..per], [dx, dy, dz])?;
             }
         }
-        Ok((n > 0).then(|| (tot / n as f64, rec / n as f64)))
+        let k = n as f64;
+        Ok((n > 0).then(|| Validation {
+            loss: tot / k,
+            recon: rec / k,
+            feature_pr: pr.map(|p| p / k),
+        }))
     }
 
     fn save_weights(&self, path: &Path) -> Result<()> {
@@ -423,12 +447,18 @@ impl Pretrainer {
                     .output
                     .recon_png
                     .then(|| self.plan.run_dir.join(format!("recon/step_{step:06}.png")));
-                if let Some((vl, vr)) = pb.suspend(|| self.validate(png.as_deref()))? {
+                if let Some(v) = pb.suspend(|| self.validate(png.as_deref()))? {
+                    let (vl, vr) = (v.loss, v.recon);
                     row.val_loss = Some(vl);
                     row.val_recon = Some(vr);
+                    row.val_feature_pr = Some(v.feature_pr);
+                    let pr = v.feature_pr.map(|p| format!("{p:.1}")).join(" / ");
                     log(
                         &pb,
-                        format!("step {step}: validation loss {vl:.4}, reconstruction {vr:.4}"),
+                        format!(
+                            "step {step}: validation loss {vl:.4}, reconstruction {vr:.4}, \
+                             feature participation ratio (stages 0–4) {pr}"
+                        ),
                     );
                     if self.state.best_val_recon.is_none_or(|b| vr < b) {
                         self.state.best_val_recon = Some(vr);

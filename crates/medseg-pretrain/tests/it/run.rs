@@ -74,6 +74,22 @@ fn resumed_run_reproduces_the_uninterrupted_losses_and_writes_outputs() {
         csv.lines().nth(2).is_some_and(|l| !l.ends_with(",,")),
         "validation columns on step 2: {csv}"
     );
+    // the feature participation ratios of the validation steps: 1 ≤ PR ≤ channels of the stage
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let row: Vec<&str> = csv.lines().nth(2).expect("row").split(',').collect();
+    let fs = cfg_feature_size(&a.run_dir);
+    for stage in 0..5 {
+        let col = header.iter().position(|h| *h == format!("val_pr{stage}")).expect("pr column");
+        let pr: f64 = row[col].parse().unwrap_or_else(|_| panic!("val_pr{stage} {:?}", row[col]));
+        let channels = (fs << stage) as f64;
+        assert!((1.0..=channels).contains(&pr), "stage {stage}: PR {pr} of {channels} channels");
+    }
+}
+
+fn cfg_feature_size(run_dir: &std::path::Path) -> usize {
+    let text = std::fs::read_to_string(run_dir.join("config.toml")).expect("config.toml");
+    let cfg = medseg_pretrain::PretrainConfig::from_toml(&text, run_dir).expect("config");
+    cfg.model.feature_size
 }
 
 #[test]
