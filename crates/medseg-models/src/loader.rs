@@ -68,6 +68,10 @@ pub enum Error {
 /// Loader result.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Name prefix of the Swin encoder's parameters in Swin UNETR, Swin SMT and `SslHead`: what
+/// [`load_encoder`] fills.
+pub const ENCODER_PREFIX: &str = "swinViT.";
+
 /// Maps a checkpoint key onto a MONAI `SwinUNETR` key, or `None` for entries that are ignored.
 ///
 /// | Scheme (in file) | MONAI key |
@@ -403,13 +407,12 @@ impl std::fmt::Display for EncoderReport {
 /// A shape mismatch is an error naming the key; a file that fills no encoder parameter at all is
 /// [`Error::Missing`] (research-contributions#268 loaded nothing silently).
 pub fn load_encoder(varmap: &VarMap, path: &Path) -> Result<EncoderReport> {
-    const ENC: &str = "swinViT.";
     let ckpt = read_checkpoint(path)?;
     let mut enc_ckpt = Checkpoint { tensors: BTreeMap::new(), merge_order: ckpt.merge_order };
     let mut unused = Vec::new();
     for (k, t) in ckpt.tensors {
         match rename(&k) {
-            Some(m) if m.starts_with(ENC) => {
+            Some(m) if m.starts_with(ENCODER_PREFIX) => {
                 enc_ckpt.tensors.insert(k, t);
             }
             _ => unused.push(k),
@@ -425,7 +428,7 @@ pub fn load_encoder(varmap: &VarMap, path: &Path) -> Result<EncoderReport> {
             .lock()
             .map_err(|_| candle::Error::Msg("varmap lock poisoned".into()))?;
         for (k, v) in src.iter() {
-            if k.starts_with(ENC) {
+            if k.starts_with(ENCODER_PREFIX) {
                 // `Var` clones share storage: setting them fills `varmap`.
                 dst.insert(k.clone(), v.clone());
             } else {

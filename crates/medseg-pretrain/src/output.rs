@@ -58,11 +58,11 @@ pub fn metrics_csv(rows: &[LogRow]) -> String {
         if let Some(v) = r.val_recon {
             let _ = write!(s, "{v:.6}");
         }
-        for i in 0..5 {
-            s.push(',');
-            if let Some(pr) = r.val_feature_pr {
-                let _ = write!(s, "{:.3}", pr[i]);
-            }
+        match r.val_feature_pr {
+            Some(pr) => pr.iter().for_each(|p| {
+                let _ = write!(s, ",{p:.3}");
+            }),
+            None => s.push_str(",,,,,"),
         }
         s.push('\n');
     }

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use candle::{DType, Device, Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
+use medseg_models::loader::ENCODER_PREFIX;
 
 use crate::{Error, Result};
 
@@ -29,13 +30,10 @@ pub struct AdamWConfig {
     /// Multiplier of the learning rate (and so of the decoupled decay) for the encoder's
     /// parameters, those named [`ENCODER_PREFIX`]`*` (the Swin transformer of Swin UNETR and
     /// Swin SMT). 1 = one learning rate for everything; 0.1 is the usual choice when fine-tuning
-    /// from a pretrained encoder; 0 freezes it.
+    /// from a pretrained encoder; 0 freezes it (no update; its moments stay zero).
     #[serde(default = "unit_scale")]
     pub encoder_lr_scale: f64,
 }
-
-/// Name prefix of the parameters [`AdamWConfig::encoder_lr_scale`] scales: the `swinViT` encoder.
-pub const ENCODER_PREFIX: &str = "swinViT.";
 
 fn unit_scale() -> f64 {
     1.0
@@ -149,7 +147,8 @@ impl AdamW {
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
         for p in &mut self.params {
-            let Some(g) = grads.get(&p.var) else { continue };
+            // a frozen parameter (scale 0) would be rewritten unchanged: skip its update
+            let (Some(g), true) = (grads.get(&p.var), p.lr_scale != 0.0) else { continue };
             let lr = self.lr * p.lr_scale;
             let step_size = lr / bc1;
             let mut theta = p.var.as_tensor().detach();

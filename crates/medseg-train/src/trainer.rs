@@ -25,13 +25,14 @@ use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::{Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom};
 use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
+use medseg_models::loader::ENCODER_PREFIX;
 
 use crate::checkpoint::{self, LogRow, TrainState};
 use crate::config::{CacheKind, TrainConfig, TrainPlan};
 use crate::cuda_precision::{Precision, precision_var_builder};
 use crate::distributed::{GradientReducer, World, all_reduce_mean, shard};
 use crate::model::SegModel;
-use crate::optim::{AdamW, ENCODER_PREFIX, Grads};
+use crate::optim::{AdamW, Grads};
 use crate::schedule::ScheduleUnit;
 use crate::seeded::SeededVarMap;
 use crate::sliding_window::sliding_window_inference;

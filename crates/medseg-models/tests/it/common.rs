@@ -71,6 +71,26 @@ pub fn formula_model(cfg: &SwinUnetrConfig) -> Result<(SwinUnetr, VarMap)> {
     Ok((model, varmap))
 }
 
+/// `t[:, :, ::4, ::4, ::4]` of a `[B, C, D, H, W]` tensor (how the goldens store large outputs).
+pub fn subsample4(t: &Tensor) -> Result<Tensor> {
+    let pick = |n: usize| Tensor::arange_step(0u32, n as u32, 4, t.device());
+    let (_, _, d, h, w) = t.dims5()?;
+    t.index_select(&pick(d)?, 2)?.index_select(&pick(h)?, 3)?.index_select(&pick(w)?, 4)
+}
+
+/// The goldens' scalar loss of an output: `Σ_i t_i·cos(0.05·i)` over the flattened tensor.
+pub fn cos_weighted_sum(t: &Tensor) -> Result<Tensor> {
+    let wl: Vec<f32> = (0..t.elem_count()).map(|i| (0.05 * i as f64).cos() as f32).collect();
+    (t * Tensor::from_vec(wl, t.shape(), t.device())?)?.sum_all()
+}
+
+/// Relative L2 error `‖got − want‖₂ / ‖want‖₂` (against a float64 reference gradient).
+pub fn rel_l2(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let diff = (got - want)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    let norm = want.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    Ok(diff / norm.max(1e-12))
+}
+
 /// `crates/medseg-models/tests/golden/<name>`.
 pub fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("golden").join(name)

@@ -4,7 +4,9 @@ use candle::{D, Device, Tensor};
 use medseg_models::SwinUnetrConfig;
 use medseg_testkit::assert_close;
 
-use crate::common::{formula_model, golden_path, input_formula};
+use crate::common::{
+    cos_weighted_sum, formula_model, golden_path, input_formula, rel_l2, subsample4,
+};
 
 /// Gradient gate: relative L2 error against float64 MONAI ≤ 1e-3 (issue 3), except where the
 /// case's data puts a leaky-ReLU pre-activation within f32 noise of its kink: our forward differs
@@ -31,15 +33,7 @@ fn run(name: &str, grad_rtol: f64) -> anyhow::Result<()> {
     let x = input_formula(&in_shape)?;
     let out = model.forward_t(&x, false)?;
 
-    // out[:, :, ::4, ::4, ::4]
-    let sub = {
-        let (b, c, d, h, w) = out.dims5()?;
-        let pick = |n: usize| Tensor::arange_step(0u32, n as u32, 4, &Device::Cpu);
-        out.index_select(&pick(d)?, 2)?
-            .index_select(&pick(h)?, 3)?
-            .index_select(&pick(w)?, 4)?
-            .reshape((b, c, d.div_ceil(4), h.div_ceil(4), w.div_ceil(4)))?
-    };
+    let sub = subsample4(&out)?;
     let max_out = max_abs(&(&sub - &g["out_sub"])?)?;
     eprintln!("{name}: out_sub max-abs diff {max_out:.2e}");
     assert_close(&format!("{name} out_sub"), &sub, &g["out_sub"], 1e-4, 0.0);
@@ -49,10 +43,7 @@ fn run(name: &str, grad_rtol: f64) -> anyhow::Result<()> {
     let hs = model.swin_vit.forward_t(&x, true, false)?;
     assert_close(&format!("{name} hs4"), &hs[4], &g["hs4"], 1e-4, 0.0);
 
-    let n = out.elem_count();
-    let wl: Vec<f32> = (0..n).map(|i| (0.05 * i as f64).cos() as f32).collect();
-    let wl = Tensor::from_vec(wl, out.shape(), &Device::Cpu)?;
-    let loss = (&out * &wl)?.sum_all()?;
+    let loss = cos_weighted_sum(&out)?;
     let want_loss = g["loss"].to_vec1::<f32>()?[0];
     let got_loss = loss.to_scalar::<f32>()?;
     assert!((got_loss - want_loss).abs() < 1e-2, "{name} loss {got_loss} vs {want_loss}");
@@ -64,10 +55,7 @@ fn run(name: &str, grad_rtol: f64) -> anyhow::Result<()> {
         let key = &k["grad.".len()..];
         let var = data.get(key).unwrap_or_else(|| panic!("{name}: no parameter {key}"));
         let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no grad for {key}"));
-        // Relative error ‖g − g*‖₂ / ‖g*‖₂ against the float64 MONAI gradient.
-        let diff = (got - want)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-        let norm = want.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
-        let rel = diff / norm.max(1e-12);
+        let rel = rel_l2(got, want)?;
         let max_rel = max_abs(&(got - want)?)? / max_abs(want)?.max(1e-12);
         eprintln!("{name}: grad {key}: rel-L2 {rel:.2e}, max-abs/max {max_rel:.2e}");
         if rel > grad_rtol {

@@ -4,6 +4,21 @@ use candle_nn::{VarBuilder, VarMap};
 use medseg_models::param_count::recording_var_builder;
 use medseg_models::{MergeOrder, SslHead, SslHeadConfig};
 
+use crate::common::{cos_weighted_sum, formula, golden_path, input_formula, rel_l2, subsample4};
+
+/// fs 12, legacy merge order (the label-scarce pretraining head), default-initialised.
+fn tiny_head() -> candle::Result<(SslHead, VarMap)> {
+    let cfg = SslHeadConfig {
+        in_channels: 1,
+        feature_size: 12,
+        dropout_path_rate: 0.0,
+        merge_order: MergeOrder::Legacy,
+    };
+    let varmap = VarMap::new();
+    let head = SslHead::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    Ok((head, varmap))
+}
+
 #[test]
 fn ssl_head_keys_match_research_code() -> candle::Result<()> {
     let (vb, rec) = recording_var_builder();
@@ -29,14 +44,7 @@ fn ssl_head_keys_match_research_code() -> candle::Result<()> {
 
 #[test]
 fn ssl_head_output_shapes() -> candle::Result<()> {
-    let cfg = SslHeadConfig {
-        in_channels: 1,
-        feature_size: 12,
-        dropout_path_rate: 0.0,
-        merge_order: MergeOrder::Legacy,
-    };
-    let varmap = VarMap::new();
-    let head = SslHead::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let (head, _) = tiny_head()?;
     let x = medseg_testkit::random_tensor(&[2, 1, 64, 32, 32], 1, &Device::Cpu)?;
     let (rot, con, rec) = head.forward_t(&x, false)?;
     assert_eq!(rot.dims(), [2, 4]);
@@ -51,20 +59,9 @@ fn ssl_head_output_shapes() -> candle::Result<()> {
 /// rotation logits, the contrastive embedding and the reconstruction.
 #[test]
 fn ssl_head_matches_the_research_model_forward_and_backward() -> anyhow::Result<()> {
-    use candle::Tensor;
-
-    use crate::common::{formula, golden_path, input_formula};
-
     let bytes = std::fs::read(golden_path("ssl_head_fs12_legacy.safetensors"))?;
     let g = candle::safetensors::load_buffer(&bytes, &Device::Cpu)?;
-    let cfg = SslHeadConfig {
-        in_channels: 1,
-        feature_size: 12,
-        dropout_path_rate: 0.0,
-        merge_order: MergeOrder::Legacy,
-    };
-    let varmap = VarMap::new();
-    let head = SslHead::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+    let (head, varmap) = tiny_head()?;
     for (k, var) in varmap.data().lock().expect("varmap lock").iter() {
         var.set(&formula(k, var.dims())?)?;
     }
@@ -73,16 +70,8 @@ fn ssl_head_matches_the_research_model_forward_and_backward() -> anyhow::Result<
     let (rot, con, rec) = head.forward_t(&input_formula(&in_shape)?, false)?;
     medseg_testkit::assert_close("rotation logits", &rot, &g["rot"], 1e-4, 1e-4);
     medseg_testkit::assert_close("contrastive embedding", &con, &g["con"], 1e-4, 1e-4);
-    let pick = |n: usize| Tensor::arange_step(0u32, n as u32, 4, &Device::Cpu);
-    let (_, _, d, h, w) = rec.dims5()?;
-    let rec_sub =
-        rec.index_select(&pick(d)?, 2)?.index_select(&pick(h)?, 3)?.index_select(&pick(w)?, 4)?;
-    medseg_testkit::assert_close("reconstruction", &rec_sub, &g["rec_sub"], 1e-4, 1e-4);
-    let cos_weighted = |t: &Tensor| -> candle::Result<Tensor> {
-        let wl: Vec<f32> = (0..t.elem_count()).map(|i| (0.05 * i as f64).cos() as f32).collect();
-        (t * Tensor::from_vec(wl, t.shape(), &Device::Cpu)?)?.sum_all()
-    };
-    let loss = ((cos_weighted(&rot)? + cos_weighted(&con)?)? + cos_weighted(&rec)?)?;
+    medseg_testkit::assert_close("reconstruction", &subsample4(&rec)?, &g["rec_sub"], 1e-4, 1e-4);
+    let loss = ((cos_weighted_sum(&rot)? + cos_weighted_sum(&con)?)? + cos_weighted_sum(&rec)?)?;
     let (got, want) = (loss.to_scalar::<f32>()?, g["loss"].to_vec1::<f32>()?[0]);
     assert!((got - want).abs() <= 1e-3 * want.abs().max(1.0), "loss {got} vs {want}");
     let grads = loss.backward()?;
@@ -92,9 +81,7 @@ fn ssl_head_matches_the_research_model_forward_and_backward() -> anyhow::Result<
         let key = &k["grad.".len()..];
         let var = data.get(key).unwrap_or_else(|| panic!("no parameter {key}"));
         let got = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {key}"));
-        let diff = (got - want)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-        let norm = want.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
-        let rel = diff / norm.max(1e-12);
+        let rel = rel_l2(got, want)?;
         eprintln!("grad {key}: relative L2 {rel:.2e}");
         assert!(rel <= 1e-3, "gradient of {key}: relative L2 error {rel:e} > 1e-3");
         checked += 1;

@@ -41,6 +41,7 @@ fn resumed_run_reproduces_the_uninterrupted_losses_and_writes_outputs() {
     assert_eq!(a.losses.len(), 3);
     assert!(a.losses.iter().flatten().all(|v| v.is_finite()));
 
+    let fs = cfg.model.feature_size;
     let mut cfg2 = cfg;
     cfg2.name = "resumed".into();
     let mut first = Pretrainer::new(cfg2.resolve().expect("plan"), Device::Cpu).expect("new");
@@ -77,19 +78,12 @@ fn resumed_run_reproduces_the_uninterrupted_losses_and_writes_outputs() {
     // the feature participation ratios of the validation steps: 1 ≤ PR ≤ channels of the stage
     let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
     let row: Vec<&str> = csv.lines().nth(2).expect("row").split(',').collect();
-    let fs = cfg_feature_size(&a.run_dir);
     for stage in 0..5 {
         let col = header.iter().position(|h| *h == format!("val_pr{stage}")).expect("pr column");
         let pr: f64 = row[col].parse().unwrap_or_else(|_| panic!("val_pr{stage} {:?}", row[col]));
         let channels = (fs << stage) as f64;
         assert!((1.0..=channels).contains(&pr), "stage {stage}: PR {pr} of {channels} channels");
     }
-}
-
-fn cfg_feature_size(run_dir: &std::path::Path) -> usize {
-    let text = std::fs::read_to_string(run_dir.join("config.toml")).expect("config.toml");
-    let cfg = medseg_pretrain::PretrainConfig::from_toml(&text, run_dir).expect("config");
-    cfg.model.feature_size
 }
 
 #[test]
