@@ -1,5 +1,6 @@
-//! `cargo xtask bench [ops|models|metrics|data|train|all]`: release benchmarks writing `target/bench/<suite>.json`,
-//! followed by the PyTorch/MONAI comparison script of the suite when the reference venv exists.
+//! `cargo xtask bench [ops|models|metrics|data|train|stitch|all]`: release benchmarks writing
+//! `target/bench/<suite>.json`, followed by the PyTorch/MONAI comparison script of the suite (when
+//! it has one) when the reference venv exists.
 use std::process::Command;
 
 use anyhow::Result;
@@ -23,16 +24,25 @@ enum Suite {
     Metrics,
     Data,
     Train,
+    /// Sliding-window stitching of 118 classes: full scores vs streamed argmax (memory).
+    Stitch,
     All,
 }
 
-/// (suite, package, example, comparison script)
-const SUITES: [(Suite, &str, &str, &str); 5] = [
-    (Suite::Ops, "medseg-ops", "bench_ops", "tools/bench/ops_torch.py"),
-    (Suite::Models, "medseg-models", "bench_models", "tools/bench/models_monai.py"),
-    (Suite::Metrics, "medseg-metrics", "bench_metrics", "tools/bench/metrics_monai.py"),
-    (Suite::Data, "medseg-data", "bench_data", "tools/bench/data_nibabel.py"),
-    (Suite::Train, "medseg-train", "bench_train", "tools/bench/train_monai.py"),
+/// (suite, package, example, `target/bench/<name>.json`, comparison script)
+const SUITES: [(Suite, &str, &str, &str, Option<&str>); 6] = [
+    (Suite::Ops, "medseg-ops", "bench_ops", "ops", Some("tools/bench/ops_torch.py")),
+    (Suite::Models, "medseg-models", "bench_models", "models", Some("tools/bench/models_monai.py")),
+    (
+        Suite::Metrics,
+        "medseg-metrics",
+        "bench_metrics",
+        "metrics",
+        Some("tools/bench/metrics_monai.py"),
+    ),
+    (Suite::Data, "medseg-data", "bench_data", "data", Some("tools/bench/data_nibabel.py")),
+    (Suite::Train, "medseg-train", "bench_train", "train", Some("tools/bench/train_monai.py")),
+    (Suite::Stitch, "medseg-train", "bench_stitch", "stitch", None),
 ];
 
 /// Scratch folder of the data benchmark (its NIfTI files are shared with the Python side).
@@ -41,7 +51,7 @@ const DATA_WORKDIR: &str = "target/bench-data";
 pub fn run(args: Args) -> Result<()> {
     let root = project_root();
     std::fs::create_dir_all(root.join("target/bench"))?;
-    for (suite, package, example, script) in SUITES {
+    for (suite, package, example, name, script) in SUITES {
         if args.suite != Suite::All && args.suite != suite {
             continue;
         }
@@ -51,7 +61,7 @@ pub fn run(args: Args) -> Result<()> {
             eprintln!("skipping {package}: {} does not exist yet", example_file.display());
             continue;
         }
-        let json = format!("target/bench/{crate_dir}.json");
+        let json = format!("target/bench/{name}.json");
         let mut cmd = cargo();
         cmd.args(["run", "--release", "--quiet", "-p", package, "--example", example, "--"]);
         // The data benchmark takes positional arguments: a work folder and the JSON path.
@@ -61,6 +71,7 @@ pub fn run(args: Args) -> Result<()> {
             cmd.args(["--out", &json]);
         }
         run_cmd(cmd.args(&args.rest))?;
+        let Some(script) = script else { continue };
         match reference_python() {
             Some(py) if root.join(script).exists() => {
                 let mut py = Command::new(py);

@@ -23,7 +23,10 @@ use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
 use medseg_models::MergeOrder;
 use medseg_models::loader::{load_into_varmap, read_checkpoint};
 use medseg_train::config::Pipeline;
-use medseg_train::{ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_inference};
+use medseg_train::{
+    ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_argmax,
+    sliding_window_inference,
+};
 use rayon::prelude::*;
 
 /// Arguments of `medseg predict`.
@@ -428,23 +431,15 @@ impl Predictor {
             (1, 1, shape[0], shape[1], shape[2]),
             &self.device,
         )?;
-        let k = self.cfg.model.out_channels();
-        let want_probs = job.probabilities.is_some();
-        // [K·D·H·W] channel-major: probabilities, or raw logits when only labels are needed.
-        let scores = self.scores(&x, shape, want_probs)?;
-        if let Some(v) = scores.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "the network produced a non-finite value ({}) in channel {} (broken weights?)",
-                scores[v],
-                v / shape.iter().product::<usize>()
-            );
-        }
-        if let Some(dir) = &job.probabilities {
-            ensure_out_dir(dir, "probabilities")?;
-            write_probabilities(dir, &scores, k, shape, affine, &meta)?;
-        }
-        let labels = argmax_channels(&scores, k);
-        drop(scores);
+        let labels = if self.tta || job.probabilities.is_some() {
+            self.labels_with_probabilities(&x, shape, affine, &meta, job)?
+        } else {
+            // Streamed: the K × voxels scores never exist at once (medseg-train docs).
+            let labels = sliding_window_argmax(&x, &self.cfg.inference, |t| {
+                Ok(self.model.forward_t(t, false)?)
+            })?;
+            labels.flatten_all()?.to_vec1::<u8>()?
+        };
         write_prediction(&job.output, labels, shape, affine, &meta)?;
         log(format!(
             "{id}: {:?} → network grid {:?} → {} in {:.2} s",
@@ -454,6 +449,33 @@ impl Predictor {
             start.elapsed().as_secs_f64()
         ));
         Ok(())
+    }
+
+    /// Labels from the full class scores: the TTA average and/or the probability maps need all
+    /// `K × voxels` of them at once. Writes the probabilities when asked.
+    fn labels_with_probabilities(
+        &self,
+        x: &Tensor,
+        shape: [usize; 3],
+        affine: Affine,
+        meta: &Meta,
+        job: &Job,
+    ) -> Result<Vec<u8>> {
+        let k = self.cfg.model.out_channels();
+        // [K·D·H·W] channel-major softmax scores
+        let scores = self.scores(x, shape)?;
+        if let Some(v) = scores.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the network produced a non-finite value ({}) in channel {} (broken weights?)",
+                scores[v],
+                v / shape.iter().product::<usize>()
+            );
+        }
+        if let Some(dir) = &job.probabilities {
+            ensure_out_dir(dir, "probabilities")?;
+            write_probabilities(dir, &scores, k, shape, affine, meta)?;
+        }
+        Ok(argmax_channels(&scores, k))
     }
 
     /// One log line when the input's orientation or spacing differs from the training grid.
@@ -480,10 +502,9 @@ impl Predictor {
         }
     }
 
-    /// Class scores `[K·D·H·W]` (channel-major) of the preprocessed volume `x`: the softmax
-    /// averaged over the 8 flips with TTA; the softmax when `probabilities`; else raw logits
-    /// (same argmax, no extra pass). Peak memory ≈ 2 × K × voxels f32.
-    fn scores(&self, x: &Tensor, shape: [usize; 3], probabilities: bool) -> Result<Vec<f32>> {
+    /// Softmax class scores `[K·D·H·W]` (channel-major) of the preprocessed volume `x`,
+    /// averaged over the 8 flips with TTA. Peak memory ≈ 2 × K × voxels f32.
+    fn scores(&self, x: &Tensor, shape: [usize; 3]) -> Result<Vec<f32>> {
         let k = self.cfg.model.out_channels();
         let flips: Vec<Vec<usize>> = if self.tta { flip_sets() } else { vec![Vec::new()] };
         let mut acc: Vec<f32> = Vec::new();
@@ -499,9 +520,6 @@ impl Predictor {
             // [1, K, D, H, W] -> [K·D·H·W]
             let mut p: Vec<f32> = logits.flatten_all()?.to_vec1()?;
             drop(logits);
-            if !self.tta && !probabilities {
-                return Ok(p);
-            }
             softmax_channels(&mut p, k);
             // Spatial dims 2, 3, 4 of the tensor are axes 0, 1, 2 of each channel.
             let axes: Vec<usize> = f.iter().map(|d| d - 2).collect();

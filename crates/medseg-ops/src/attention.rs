@@ -173,13 +173,10 @@ impl Geometry {
                 qkv.dims()
             )
         }
-        if let Some(b) = bias {
-            if b.dims() != [heads, n, n] {
-                candle::bail!(
-                    "window_attention_qkv: bias {:?} must be [{heads}, {n}, {n}]",
-                    b.dims()
-                )
-            }
+        if let Some(b) = bias
+            && b.dims() != [heads, n, n]
+        {
+            candle::bail!("window_attention_qkv: bias {:?} must be [{heads}, {n}, {n}]", b.dims())
         }
         let nw = match mask {
             Some(m) => {

@@ -56,6 +56,21 @@ pub enum Error {
         /// The micro-batch index within the accumulation window.
         micro: usize,
     },
+    /// A network output (blended sliding-window score) is NaN or infinite.
+    #[error(
+        "the network produced a non-finite value ({value}) in channel {channel} at voxel {voxel:?} \
+         of batch item {batch} (broken weights?)"
+    )]
+    NonFiniteOutput {
+        /// The value (NaN or ±inf).
+        value: f32,
+        /// Batch item.
+        batch: usize,
+        /// Output channel.
+        channel: usize,
+        /// `[d, h, w]` on the input grid.
+        voxel: [usize; 3],
+    },
     /// A checkpoint is missing, unreadable or inconsistent.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

@@ -24,5 +24,8 @@ pub use loss::{DiceCeConfig, LossKind, cross_entropy, dice_ce_loss, dice_loss};
 pub use model::{ModelConfig, SegModel, TinyUnet, TinyUnetConfig};
 pub use optim::{AdamW, AdamWConfig, Grads};
 pub use schedule::{ScheduleConfig, ScheduleKind, ScheduleUnit};
-pub use sliding_window::{BlendMode, SlidingWindowConfig, sliding_window_inference};
+pub use sliding_window::{
+    BlendMode, BlendedSlice, SlidingWindowConfig, sliding_window_argmax, sliding_window_inference,
+    sliding_window_stream,
+};
 pub use trainer::{RunOptions, RunOutcome, Trainer, device_from_str};

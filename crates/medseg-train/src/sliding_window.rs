@@ -13,6 +13,14 @@
 //! 5. Output = Σ w·pred / Σ w on raw predictor outputs, cropped back to the input size.
 //!
 //! Predictor outputs must have the roi's spatial size (MONAI's zoom branch is not ported).
+//!
+//! [`sliding_window_stream`] is the one implementation: it hands out each D-slice once no later
+//! window covers it, so only about `roi[0]` slices of scores are alive at a time.
+//! [`sliding_window_inference`] collects them into MONAI's `[B, K, D, H, W]` output;
+//! [`sliding_window_argmax`] keeps only the labels (118 classes × 300³ voxels: 12.7 GB of f32
+//! scores in full, about `roi[0]/300` of that streamed).
+use std::collections::VecDeque;
+
 use candle::{DType, Tensor};
 
 use crate::{Error, Result};
@@ -120,18 +128,121 @@ pub fn importance_map(roi: [usize; 3], mode: BlendMode, sigma_scale: f64) -> Vec
     }
 }
 
+/// One finished D-slice of the blended output, on the input's grid.
+#[derive(Debug, Clone, Copy)]
+pub struct BlendedSlice<'a> {
+    /// Batch item.
+    pub batch: usize,
+    /// Slice index along D.
+    pub d: usize,
+    /// Blended scores `[K, H, W]` (channel-major, C order).
+    pub scores: &'a [f32],
+}
+
 /// Runs `predictor` over sliding windows of `input` `[B, C, D, H, W]` and blends the outputs.
 ///
 /// # Shapes
 /// `predictor`: `[n, C, rd, rh, rw] → [n, K, rd, rh, rw]` with `n ≤ sw_batch_size`.
 /// Returns `[B, K, D, H, W]` in f32 on the input's device.
+///
+/// Holds the whole `[B, K, D, H, W]` result; [`sliding_window_argmax`] and
+/// [`sliding_window_stream`] do not.
 pub fn sliding_window_inference<F>(
     input: &Tensor,
     cfg: &SlidingWindowConfig,
-    mut predictor: F,
+    predictor: F,
 ) -> Result<Tensor>
 where
     F: FnMut(&Tensor) -> Result<Tensor>,
+{
+    let (b, _c, d, h, w) = input.dims5()?;
+    let vox = d * h * w;
+    let mut out: Vec<f32> = Vec::new();
+    let k = sliding_window_stream(input, cfg, predictor, |s| {
+        let k = s.scores.len() / (h * w);
+        if out.is_empty() {
+            out = vec![0f32; b * k * vox];
+        }
+        for (c, src) in s.scores.chunks(h * w).enumerate() {
+            let at = (s.batch * k + c) * vox + s.d * h * w;
+            out[at..at + h * w].copy_from_slice(src);
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::from_vec(out, (b, k, d, h, w), input.device())?)
+}
+
+/// Sliding-window inference followed by the argmax over channels (first channel wins ties, as
+/// `torch.argmax`), without ever holding the `[B, K, D, H, W]` scores: the labels equal the argmax
+/// of [`sliding_window_inference`]'s output bit for bit.
+///
+/// Returns `[B, D, H, W]` u8 on the input's device. Errors: more than 256 channels, or a
+/// non-finite blended score ([`Error::NonFiniteOutput`] names the voxel and channel).
+pub fn sliding_window_argmax<F>(
+    input: &Tensor,
+    cfg: &SlidingWindowConfig,
+    predictor: F,
+) -> Result<Tensor>
+where
+    F: FnMut(&Tensor) -> Result<Tensor>,
+{
+    let (b, _c, d, h, w) = input.dims5()?;
+    let hw = h * w;
+    let mut labels = vec![0u8; b * d * hw];
+    sliding_window_stream(input, cfg, predictor, |s| {
+        let k = s.scores.len() / hw;
+        if k > 256 {
+            return Err(Error::Shape {
+                what: "sliding_window_argmax".into(),
+                expected: "at most 256 channels (u8 labels)".into(),
+                got: vec![k],
+            });
+        }
+        if let Some(i) = s.scores.iter().position(|v| !v.is_finite()) {
+            let (c, v) = (i / hw, i % hw);
+            return Err(Error::NonFiniteOutput {
+                value: s.scores[i],
+                batch: s.batch,
+                channel: c,
+                voxel: [s.d, v / w, v % w],
+            });
+        }
+        let dst = &mut labels[(s.batch * d + s.d) * hw..][..hw];
+        let mut best: Vec<f32> = s.scores[..hw].to_vec();
+        for (c, row) in s.scores.chunks(hw).enumerate().skip(1) {
+            for ((l, m), &v) in dst.iter_mut().zip(best.iter_mut()).zip(row) {
+                if v > *m {
+                    *m = v;
+                    *l = c as u8;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Tensor::from_vec(labels, (b, d, h, w), input.device())?)
+}
+
+/// Blended scores of one batch item for the padded D-slices `first..first + slices.len()`;
+/// each slice is `[K + 1, H, W]` of the padded grid, the last channel the summed weights.
+struct Pending {
+    batch: usize,
+    first: usize,
+    slices: VecDeque<Vec<f32>>,
+}
+
+/// The streaming core of the sliding-window functions: MONAI's windows, batching and blending
+/// (module docs), with each D-slice handed to `sink` as soon as no later window covers it.
+/// Windows run D-slowest, so only about `roi[0]` slices of `K` channels are alive at a time
+/// instead of the whole volume. Slices come in order of batch item, then D. Returns `K`.
+pub fn sliding_window_stream<F, S>(
+    input: &Tensor,
+    cfg: &SlidingWindowConfig,
+    mut predictor: F,
+    mut sink: S,
+) -> Result<usize>
+where
+    F: FnMut(&Tensor) -> Result<Tensor>,
+    S: FnMut(BlendedSlice<'_>) -> Result<()>,
 {
     cfg.validate()?;
     let (b, _c, d, h, w) = input.dims5()?;
@@ -159,15 +270,39 @@ where
     }
     let wmap = importance_map(roi, cfg.mode, cfg.sigma_scale);
     let nwin = windows.len();
-    let vox: usize = size.iter().product();
-    let rvox: usize = roi.iter().product();
-    // count map, shared by all batch items
-    let mut count = vec![0f32; vox];
-    for s in &windows {
-        for_each_voxel(size, roi, *s, |dst, src| count[dst] += wmap[src]);
-    }
-    let mut out: Vec<f32> = Vec::new();
+    let plane = size[1] * size[2];
+    let rplane = roi[1] * roi[2];
     let mut k_out = 0usize;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut out_slice: Vec<f32> = Vec::new();
+    // Emitted slice buffers, reused for new slices (fewer fresh pages to fault in).
+    let mut spare: Vec<Vec<f32>> = Vec::new();
+    // Normalises, crops and emits the slices of `p` before padded index `upto`.
+    let mut flush =
+        |p: &mut Pending, upto: usize, k: usize, spare: &mut Vec<Vec<f32>>| -> Result<()> {
+            while p.first < upto {
+                let Some(sl) = p.slices.pop_front() else { break };
+                let dd = p.first;
+                p.first += 1;
+                if dd < before[0] || dd >= before[0] + orig[0] {
+                    spare.push(sl);
+                    continue;
+                }
+                let count = &sl[k * plane..];
+                out_slice.clear();
+                for c in 0..k {
+                    let ch = &sl[c * plane..(c + 1) * plane];
+                    for i in before[1]..before[1] + orig[1] {
+                        let row = i * size[2] + before[2];
+                        let (src, cnt) = (&ch[row..row + orig[2]], &count[row..row + orig[2]]);
+                        out_slice.extend(src.iter().zip(cnt).map(|(v, n)| v / n));
+                    }
+                }
+                sink(BlendedSlice { batch: p.batch, d: dd - before[0], scores: &out_slice })?;
+                spare.push(sl);
+            }
+            Ok(())
+        };
     let total = nwin * b;
     let mut g = 0;
     while g < total {
@@ -191,9 +326,8 @@ where
                 got: pd,
             });
         }
-        if out.is_empty() {
+        if k_out == 0 {
             k_out = pd[1];
-            out = vec![0f32; b * k_out * vox];
         } else if pd[1] != k_out {
             return Err(Error::Shape {
                 what: "sliding-window predictor output channels".into(),
@@ -201,50 +335,66 @@ where
                 got: pd,
             });
         }
-        let p: Vec<f32> = pred.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        let pred = pred.to_dtype(DType::F32)?;
         for (j, idx) in (g..end).enumerate() {
             let (bi, s) = (idx / nwin, windows[idx % nwin]);
-            for k in 0..k_out {
-                let src = &p[(j * k_out + k) * rvox..(j * k_out + k + 1) * rvox];
-                let dst = &mut out[(bi * k_out + k) * vox..(bi * k_out + k + 1) * vox];
-                for_each_voxel(size, roi, s, |di, si| dst[di] += src[si] * wmap[si]);
+            let pi = match pending.iter().position(|q| q.batch == bi) {
+                Some(i) => i,
+                None => {
+                    pending.push(Pending { batch: bi, first: 0, slices: VecDeque::new() });
+                    pending.len() - 1
+                }
+            };
+            let q = &mut pending[pi];
+            while q.first + q.slices.len() < s[0] + roi[0] {
+                let sl = match spare.pop() {
+                    Some(mut v) => {
+                        v.fill(0.0);
+                        v
+                    }
+                    None => vec![0f32; (k_out + 1) * plane],
+                };
+                q.slices.push_back(sl);
+            }
+            // One channel of the window at a time: the host copy is `roi` voxels, not `K·roi`.
+            for k in 0..=k_out {
+                let src: Option<Vec<f32>> = if k < k_out {
+                    Some(pred.get(j)?.get(k)?.flatten_all()?.to_vec1()?)
+                } else {
+                    None
+                };
+                for a in 0..roi[0] {
+                    let sl = &mut q.slices[s[0] + a - q.first];
+                    let dst = &mut sl[k * plane..(k + 1) * plane];
+                    let wsl = &wmap[a * rplane..(a + 1) * rplane];
+                    for r in 0..roi[1] {
+                        let row = (s[1] + r) * size[2] + s[2];
+                        let (dr, wr) =
+                            (&mut dst[row..row + roi[2]], &wsl[r * roi[2]..(r + 1) * roi[2]]);
+                        match &src {
+                            Some(src) => {
+                                let sr = &src[a * rplane + r * roi[2]..][..roi[2]];
+                                dr.iter_mut().zip(sr).zip(wr).for_each(|((o, v), w)| *o += v * w);
+                            }
+                            None => dr.iter_mut().zip(wr).for_each(|(o, w)| *o += w),
+                        }
+                    }
+                }
             }
         }
         g = end;
-    }
-    for chunk in out.chunks_mut(vox) {
-        for (o, c) in chunk.iter_mut().zip(&count) {
-            *o /= c;
+        // Slices before the next window's start (or every slice of a finished item) are final.
+        let next = (g < total).then(|| (g / nwin, windows[g % nwin][0]));
+        for q in pending.iter_mut() {
+            let upto = match next {
+                Some((bi, s0)) if bi == q.batch => s0,
+                _ => usize::MAX,
+            };
+            flush(q, upto, k_out, &mut spare)?;
         }
+        pending.retain(|q| !q.slices.is_empty() || next.is_some_and(|(bi, _)| bi == q.batch));
     }
-    let y = Tensor::from_vec(out, (b, k_out, size[0], size[1], size[2]), input.device())?;
-    // 5. crop the padding back off
-    let mut y = y;
-    for i in 0..3 {
-        if size[i] != orig[i] {
-            y = y.narrow(2 + i, before[i], orig[i])?;
-        }
-    }
-    Ok(y.contiguous()?)
-}
-
-/// Calls `f(dst_index, src_index)` for every voxel of the window at `start` (C order).
-fn for_each_voxel(
-    size: [usize; 3],
-    roi: [usize; 3],
-    start: [usize; 3],
-    mut f: impl FnMut(usize, usize),
-) {
-    let mut si = 0;
-    for a in 0..roi[0] {
-        for b in 0..roi[1] {
-            let row = ((start[0] + a) * size[1] + start[1] + b) * size[2] + start[2];
-            for c in 0..roi[2] {
-                f(row + c, si);
-                si += 1;
-            }
-        }
-    }
+    Ok(k_out)
 }
 
 #[cfg(test)]

@@ -348,3 +348,58 @@ fn bad_inputs_give_one_named_error_and_no_output() {
     assert!(e.contains("1 of 2 inputs failed") && e.contains("b.nii.gz"), "{e}");
     assert_eq!(listing(&fout), ["a.nii.gz"]);
 }
+
+#[test]
+fn streamed_labels_equal_the_labels_of_the_full_scores() {
+    // Without --probabilities/--tta the label map is streamed (sliding_window_argmax); with
+    // --probabilities it is the argmax of the stored softmax. Both must agree.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), CLASSES, 8);
+    let shape = [44, 30, 36];
+    let input = tmp.path().join("case.nii.gz");
+    write_volume(&input, &ct_volume(shape, ras_grid(shape, [2.0; 3]))).expect("write");
+    let (streamed, full) = (tmp.path().join("a.nii.gz"), tmp.path().join("b.nii.gz"));
+    medseg_ok(&["predict", "-i", s(&input), "-o", s(&streamed), "--model", s(&run)]);
+    let probs = tmp.path().join("probs");
+    medseg_ok(&[
+        "predict",
+        "-i",
+        s(&input),
+        "-o",
+        s(&full),
+        "--model",
+        s(&run),
+        "--probabilities",
+        s(&probs),
+    ]);
+    let (a, b) = (read_volume::<u8>(&streamed).expect("a"), read_volume::<u8>(&full).expect("b"));
+    assert_eq!(a.shape(), shape);
+    assert_eq!(a.data(), b.data());
+    let distinct = a.data().iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert!(distinct > 1, "a constant label map tests nothing");
+}
+
+#[test]
+fn nan_weights_give_a_named_error_and_no_output() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), CLASSES, 9);
+    let weights = run.join("checkpoints/best.safetensors");
+    let mut tensors = candle::safetensors::load(&weights, &candle::Device::Cpu).expect("load");
+    for t in tensors.values_mut() {
+        *t = (t.ones_like().expect("ones") * f64::NAN).expect("nan");
+    }
+    candle::safetensors::save(&tensors, &weights).expect("save");
+    let shape = [32; 3];
+    let input = tmp.path().join("case.nii.gz");
+    write_volume(&input, &ct_volume(shape, ras_grid(shape, [2.0; 3]))).expect("write");
+    let outdir = tmp.path().join("out");
+    std::fs::create_dir(&outdir).expect("mkdir");
+    for extra in [&[][..], &["--tta"][..]] {
+        let out = outdir.join("seg.nii.gz");
+        let mut args = vec!["predict", "-i", s(&input), "-o", s(&out), "--model", s(&run)];
+        args.extend_from_slice(extra);
+        let e = medseg_err(&args);
+        assert!(e.contains("non-finite value") && e.contains("case.nii.gz"), "{extra:?}: {e}");
+        assert!(listing(&outdir).is_empty(), "{extra:?}: leftovers {:?}", listing(&outdir));
+    }
+}
