@@ -35,7 +35,7 @@ use crate::model::SegModel;
 use crate::optim::{AdamW, Grads};
 use crate::schedule::ScheduleUnit;
 use crate::seeded::SeededVarMap;
-use crate::sliding_window::sliding_window_inference;
+use crate::sliding_window::sliding_window_argmax;
 use crate::{Error, Result, loss, output};
 
 /// Knobs of one [`Trainer::run`] call that are not part of the configuration.
@@ -449,18 +449,12 @@ impl Trainer {
             let batch = batch?;
             let x = batch.image.to_device(&self.device)?;
             let (_, _, d, h, w) = x.dims5()?;
-            let logits = sliding_window_inference(&x, &cfg.inference, |t| {
+            // [1, D, H, W] class indices, streamed: the scores of the whole volume never exist.
+            let pred: Vec<u8> = sliding_window_argmax(&x, &cfg.inference, |t| {
                 Ok(model.forward_t(&t.to_dtype(dtype)?, false)?.to_dtype(DType::F32)?)
-            })?;
-            // [1, C, D, H, W] -> [D·H·W] class indices
-            let pred: Vec<u8> = logits
-                .argmax(1)?
-                .flatten_all()?
-                .to_dtype(DType::U32)?
-                .to_vec1::<u32>()?
-                .into_iter()
-                .map(|v| v as u8)
-                .collect();
+            })?
+            .flatten_all()?
+            .to_vec1()?;
             let gt: Vec<u8> = match &batch.label {
                 Some(l) => {
                     l.flatten_all()?.to_vec1::<u32>()?.into_iter().map(|v| v as u8).collect()
