@@ -58,6 +58,10 @@ pub struct Validation {
     pub recon: f64,
     /// Mean participation ratio of the encoder's hidden states, stages 0–4.
     pub feature_pr: [f64; 5],
+    /// Wall time of the whole validation, seconds.
+    pub seconds: f64,
+    /// Of which the collapse check (the extra encoder pass and the participation ratios).
+    pub feature_pr_seconds: f64,
 }
 
 /// What a [`Pretrainer::run`] call did.
@@ -332,6 +336,8 @@ impl Pretrainer {
     /// `None` without validation data.
     pub fn validate(&self, png: Option<&Path>) -> Result<Option<Validation>> {
         let Some(val) = &self.val_loader else { return Ok(None) };
+        let start = Instant::now();
+        let mut pr_time = 0f64;
         let cfg = &self.plan.config;
         let frozen =
             SslHead::new(&cfg.model, frozen_var_builder(&self.varmap).map_err(candle_err)?)?;
@@ -346,10 +352,12 @@ impl Pretrainer {
             let v = ssl_step(&frozen, &batch.image, cfg, &mut rng, false, &self.device)?;
             tot += scalar(&v.loss.total)?;
             rec += scalar(&v.loss.recon)?;
+            let t = Instant::now();
             let hidden = frozen.encoder().forward_t(&batch.image, true, false)?;
             for (acc, h) in pr.iter_mut().zip(&hidden) {
                 *acc += participation_ratio(h)?;
             }
+            pr_time += t.elapsed().as_secs_f64();
             n += 1;
             if i == 0
                 && let Some(p) = png
@@ -365,6 +373,8 @@ impl Pretrainer {
             loss: tot / k,
             recon: rec / k,
             feature_pr: pr.map(|p| p / k),
+            seconds: start.elapsed().as_secs_f64(),
+            feature_pr_seconds: pr_time,
         }))
     }
 
@@ -457,7 +467,9 @@ impl Pretrainer {
                         &pb,
                         format!(
                             "step {step}: validation loss {vl:.4}, reconstruction {vr:.4}, \
-                             feature participation ratio (stages 0–4) {pr}"
+                             feature participation ratio (stages 0–4) {pr} ({:.1} s, of which \
+                             the collapse check {:.1} s)",
+                            v.seconds, v.feature_pr_seconds
                         ),
                     );
                     if self.state.best_val_recon.is_none_or(|b| vr < b) {
