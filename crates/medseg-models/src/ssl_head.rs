@@ -4,7 +4,9 @@
 //! Keys: `swinViT.*`, `rotation_head.*`, `contrastive_head.*`, `conv.{0,4,8,12,16,20}.*`.
 use candle::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use medseg_ops::{Conv3dConfig, InterpolationMode, Resize, conv3d, instance_norm3d, interpolate3d};
+use medseg_ops::{
+    Conv3dConfig, InterpolationMode, Resize, conv3d, instance_norm_leaky_relu, interpolate3d,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::swin_transformer::{SwinTransformer, linear};
@@ -123,8 +125,7 @@ impl SslHead {
         let mut x = x_out.clone();
         for conv in &self.convs[..5] {
             x = conv.forward(&x)?;
-            x = instance_norm3d(&x, None, None, 1e-5)?;
-            x = medseg_ops::leaky_relu(&x, 0.01)?;
+            x = instance_norm_leaky_relu(&x, None, 1e-5, 0.01)?;
             x = interpolate3d(&x, Resize::Scale([2.0; 3]), InterpolationMode::Trilinear)?;
         }
         let x_rec = self.convs[5].forward(&x)?;

@@ -4,7 +4,10 @@
 //! Convs have no bias except the output 1×1; InstanceNorm has no affine and no running stats.
 use candle::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
-use medseg_ops::{Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv3d, instance_norm3d};
+use medseg_ops::{
+    Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv3d, instance_norm_leaky_relu,
+    instance_norm3d,
+};
 
 const IN_EPS: f64 = 1e-5;
 const LEAKY_SLOPE: f64 = 0.01;
@@ -61,16 +64,16 @@ impl UnetResBlock {
 
 impl Module for UnetResBlock {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        // conv1 → norm1 → lrelu → conv2 → norm2 → (+ residual) → lrelu, the norm–lrelu tails fused
+        // (`instance_norm_leaky_relu`) so their intermediate maps are not kept for backward.
         let out = self.conv1.forward(xs)?;
-        let out = instance_norm3d(&out, None, None, IN_EPS)?;
-        let out = medseg_ops::leaky_relu(&out, LEAKY_SLOPE)?;
+        let out = instance_norm_leaky_relu(&out, None, IN_EPS, LEAKY_SLOPE)?;
         let out = self.conv2.forward(&out)?;
-        let out = instance_norm3d(&out, None, None, IN_EPS)?;
         let residual = match &self.conv3 {
             Some(c) => instance_norm3d(&c.forward(xs)?, None, None, IN_EPS)?,
             None => xs.clone(),
         };
-        medseg_ops::leaky_relu(&(out + residual)?, LEAKY_SLOPE)
+        instance_norm_leaky_relu(&out, Some(&residual), IN_EPS, LEAKY_SLOPE)
     }
 }
 

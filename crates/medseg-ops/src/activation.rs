@@ -72,7 +72,7 @@ fn unary(x: &Tensor, op: Unary) -> Result<Tensor> {
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Unary {
+pub(crate) enum Unary {
     Gelu,
     LeakyRelu(f32),
 }
@@ -153,7 +153,7 @@ impl CustomOp1 for Unary {
 }
 
 /// `dx = f'(x)·dy` of a [`Unary`], from `(x, dy)`.
-struct UnaryBackward(Unary);
+pub(crate) struct UnaryBackward(pub(crate) Unary);
 
 impl CustomOp2 for UnaryBackward {
     fn name(&self) -> &'static str {

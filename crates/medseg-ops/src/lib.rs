@@ -49,7 +49,10 @@ pub use cuda_attention::{
 #[cfg(feature = "cuda")]
 pub use cuda_conv::{conv_transpose3d_col2im, conv3d_im2col};
 pub use interpolate::{InterpolationMode, Resize, interpolate3d, interpolate3d_reference};
-pub use norm::{instance_norm3d, instance_norm3d_reference, layer_norm, layer_norm_reference};
+pub use norm::{
+    instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
+    instance_norm3d_reference, layer_norm, layer_norm_reference,
+};
 pub use window::{
     pad_to_windows, relative_position_index, relative_position_index_sliced, roll3d,
     shifted_window_mask, window_and_shift, window_partition, window_reverse,

@@ -4,9 +4,14 @@
 //! `C` channels) with a biased variance, so one custom op ([`NormalizeRows`]) with an analytic
 //! backward serves both. The optional affine part is composed from candle ops. References:
 //! [`instance_norm3d_reference`], [`layer_norm_reference`], composed from candle ops.
+//!
+//! [`instance_norm_leaky_relu`] fuses the `InstanceNorm → (+ residual) → LeakyReLU` tail of
+//! MONAI's `UnetResBlock` into one graph node, so the normalised map and the sum are never kept
+//! for the backward pass (candle keeps every op's inputs alive until the loss is dropped).
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::activation::{Unary, UnaryBackward};
 use crate::simd::{sum_f32, sum_sq_dev};
 use crate::storage::{f32_contiguous, f32_slice};
 
@@ -29,6 +34,68 @@ pub fn instance_norm3d(
     let dtype = x.dtype();
     let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
     affine(y, weight, bias, &channel_shape(x.rank(), c))?.to_dtype(dtype)
+}
+
+/// `leaky_relu(instance_norm3d(x) + residual)` without affine parameters, as one op.
+///
+/// The backward pass needs only `x`, the output and (when given) nothing of `residual`:
+/// `lrelu'` is read off the output's sign (valid for `negative_slope ≥ 0`), the normalisation's
+/// gradient is [`instance_norm3d`]'s. Reference: [`instance_norm_leaky_relu_reference`].
+///
+/// # Shapes
+/// `x` `[N, C, spatial…]`, `residual` the same shape → the same shape.
+pub fn instance_norm_leaky_relu(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    eps: f64,
+    negative_slope: f64,
+) -> Result<Tensor> {
+    let (_, spatial) = check_instance("instance_norm_leaky_relu", x, None, None)?;
+    if !(negative_slope >= 0.0 && negative_slope.is_finite()) {
+        candle::bail!("instance_norm_leaky_relu: negative_slope must be ≥ 0, got {negative_slope}")
+    }
+    if let Some(r) = residual
+        && r.dims() != x.dims()
+    {
+        candle::bail!(
+            "instance_norm_leaky_relu: residual {:?} must have the shape of x {:?}",
+            r.dims(),
+            x.dims()
+        )
+    }
+    #[cfg(feature = "cuda")]
+    if x.device().is_cuda() {
+        // No fused CUDA kernel: the CUDA instance norm and leaky ReLU, composed.
+        let y = instance_norm3d(x, None, None, eps)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        return crate::activation::leaky_relu(&y, negative_slope);
+    }
+    let dtype = x.dtype();
+    let op = NormLeaky { eps: eps as f32, len: spatial, slope: negative_slope as f32 };
+    let x32 = f32_contiguous(x)?;
+    let y = match residual {
+        None => x32.apply_op1(op)?,
+        Some(r) => x32.apply_op2(&f32_contiguous(r)?, op)?,
+    };
+    y.to_dtype(dtype)
+}
+
+/// Composed reference of [`instance_norm_leaky_relu`].
+pub fn instance_norm_leaky_relu_reference(
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    eps: f64,
+    negative_slope: f64,
+) -> Result<Tensor> {
+    let y = instance_norm3d_reference(x, None, None, eps)?;
+    let y = match residual {
+        Some(r) => (y + r)?,
+        None => y,
+    };
+    crate::activation::leaky_relu_reference(&y, negative_slope)
 }
 
 /// Layer normalisation over the last dimension with biased variance, then `γ·x̂ + β`.
@@ -177,22 +244,103 @@ impl CustomOp1 for NormalizeRows {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s, l)?;
-        let mut y = vec![0f32; x.len()];
-        let chunk = self.len * rows_per_task(self.len);
-        y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each(|(yc, xc)| {
-            for (yr, xr) in yc.chunks_mut(self.len).zip(xc.chunks(self.len)) {
-                let (mean, rstd) = row_stats(xr, self.eps);
-                for (o, v) in yr.iter_mut().zip(xr) {
-                    *o = (v - mean) * rstd;
-                }
-            }
-        });
-        Ok((CpuStorage::F32(y), l.shape().clone()))
+        Ok((CpuStorage::F32(normalize_rows(x, self.len, self.eps, |_, v| v)), l.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
         Ok(Some(x.apply_op2_no_bwd(&dy, &NormalizeRowsBackward { eps: self.eps, len: self.len })?))
+    }
+}
+
+/// `post(flat index, (x − mean)·rstd)` over contiguous rows of `len` elements of `x`.
+fn normalize_rows(
+    x: &[f32],
+    len: usize,
+    eps: f32,
+    post: impl Fn(usize, f32) -> f32 + Sync,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let chunk = len * rows_per_task(len);
+    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (yc, xc))| {
+        for (ri, (yr, xr)) in yc.chunks_mut(len).zip(xc.chunks(len)).enumerate() {
+            let base = ci * chunk + ri * len;
+            let (mean, rstd) = row_stats(xr, eps);
+            for (i, (o, v)) in yr.iter_mut().zip(xr).enumerate() {
+                *o = post(base + i, (v - mean) * rstd);
+            }
+        }
+    });
+    y
+}
+
+/// `leaky_relu(x̂ (+ r))` over rows of `len` ([`instance_norm_leaky_relu`]); one op with or
+/// without the residual `r`.
+#[derive(Debug, Clone, Copy)]
+struct NormLeaky {
+    eps: f32,
+    len: usize,
+    slope: f32,
+}
+
+impl NormLeaky {
+    fn lrelu(&self, v: f32) -> f32 {
+        if v > 0.0 { v } else { v * self.slope }
+    }
+
+    /// `dx` from `(x, y, dy)`, and the gradient at the sum (= `dresidual`).
+    fn grads(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        // lrelu'(s) from the output: y > 0 ⇔ s > 0 for slope ≥ 0.
+        let g =
+            y.apply_op2_no_bwd(&dy.contiguous()?, &UnaryBackward(Unary::LeakyRelu(self.slope)))?;
+        let dx = x.apply_op2_no_bwd(&g, &NormalizeRowsBackward { eps: self.eps, len: self.len })?;
+        Ok((dx, g))
+    }
+}
+
+impl CustomOp1 for NormLeaky {
+    fn name(&self) -> &'static str {
+        "instance_norm_leaky_relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(CustomOp1::name(self), s, l)?;
+        let y = normalize_rows(x, self.len, self.eps, |_, v| self.lrelu(v));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.grads(x, y, dy)?.0))
+    }
+}
+
+impl CustomOp2 for NormLeaky {
+    fn name(&self) -> &'static str {
+        "instance_norm_add_leaky_relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(CustomOp2::name(self), s1, l1)?;
+        let r = f32_slice(CustomOp2::name(self), s2, l2)?;
+        let y = normalize_rows(x, self.len, self.eps, |i, v| self.lrelu(v + r[i]));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _r: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, g) = self.grads(x, y, dy)?;
+        Ok((Some(dx), Some(g)))
     }
 }
 

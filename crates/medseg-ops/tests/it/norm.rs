@@ -1,6 +1,9 @@
 //! instance_norm3d / layer_norm: fast vs reference, finite differences, validation.
 use candle::{DType, Tensor};
-use medseg_ops::{instance_norm3d, instance_norm3d_reference, layer_norm, layer_norm_reference};
+use medseg_ops::{
+    instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
+    instance_norm3d_reference, layer_norm, layer_norm_reference,
+};
 
 use crate::{check_fast_vs_reference, check_finite_differences, rand};
 
@@ -49,4 +52,54 @@ fn norm_rejects_bad_shapes() {
     assert!(e.contains("bias must have shape [2]"), "{e}");
     let e = instance_norm3d(&rand(&[4, 3], 1), None, None, 1e-5).unwrap_err().to_string();
     assert!(e.contains("[N, C, spatial"), "{e}");
+}
+
+#[test]
+fn fused_norm_leaky_relu_matches_reference() {
+    let x = ((rand(&[2, 3, 9, 8, 7], 21) * 5.0).unwrap() + 100.0).unwrap();
+    let r = rand(&[2, 3, 9, 8, 7], 22);
+    let fast = |t: &[Tensor]| instance_norm_leaky_relu(&t[0], t.get(1), 1e-5, 0.01);
+    let reference = |t: &[Tensor]| instance_norm_leaky_relu_reference(&t[0], t.get(1), 1e-5, 0.01);
+    check_fast_vs_reference(
+        "norm + residual + leaky relu",
+        &fast,
+        &reference,
+        &[x.clone(), r],
+        5e-4,
+    );
+    check_fast_vs_reference("norm + leaky relu", &fast, &reference, &[x], 5e-4);
+}
+
+#[test]
+fn fused_norm_leaky_relu_gradients_match_finite_differences() {
+    let inputs = [rand(&[1, 2, 3, 2, 2], 31), rand(&[1, 2, 3, 2, 2], 32)];
+    // Finite differences across the kink would be wrong: every pre-activation (x̂ + r and x̂) must
+    // be clear of 0 by more than a step moves it (1e-3 · rstd).
+    let xh = instance_norm3d_reference(&inputs[0].to_dtype(DType::F64).unwrap(), None, None, 1e-5)
+        .unwrap();
+    for pre in [(&xh + inputs[1].to_dtype(DType::F64).unwrap()).unwrap(), xh.clone()] {
+        let min = pre.abs().unwrap().flatten_all().unwrap().min(0).unwrap();
+        let min = min.to_scalar::<f64>().unwrap();
+        assert!(min > 0.01, "pre-activation {min} too close to the kink for this test");
+        let negatives = pre.lt(0.0).unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap();
+        assert!(negatives.to_scalar::<f64>().unwrap() >= 2.0, "both slopes must be exercised");
+    }
+    for (name, n) in [("with residual", 2), ("without residual", 1)] {
+        let reference =
+            |t: &[Tensor]| instance_norm_leaky_relu_reference(&t[0], t.get(1), 1e-5, 0.2);
+        check_finite_differences(name, &reference, &inputs[..n], DType::F64, 1e-6, 1e-6);
+        let fast = |t: &[Tensor]| instance_norm_leaky_relu(&t[0], t.get(1), 1e-5, 0.2);
+        check_finite_differences(name, &fast, &inputs[..n], DType::F32, 1e-3, 2e-3);
+    }
+}
+
+#[test]
+fn fused_norm_leaky_relu_rejects_bad_arguments() {
+    let x = rand(&[1, 3, 2, 2, 2], 1);
+    let e = instance_norm_leaky_relu(&x, Some(&rand(&[1, 3, 2, 2, 1], 2)), 1e-5, 0.01)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("residual [1, 3, 2, 2, 1] must have the shape of x"), "{e}");
+    let e = instance_norm_leaky_relu(&x, None, 1e-5, -0.1).unwrap_err().to_string();
+    assert!(e.contains("negative_slope must be ≥ 0"), "{e}");
 }
