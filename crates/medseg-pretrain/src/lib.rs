@@ -17,7 +17,7 @@ pub mod pretrainer;
 
 pub use config::{PretrainConfig, PretrainPlan};
 pub use error::{Error, Result};
-pub use features::participation_ratio;
+pub use features::{foreground_cells, participation_ratio};
 pub use loss::{LossWeights, SslLoss, contrastive_loss, cross_entropy, l1_loss, ssl_loss};
 pub use ops::{CutoutConfig, Draws, Replay, RngDraws, aug_rand, patch_rand_drop, rot_rand, rot90};
 pub use pretrainer::{Pretrainer, RunOptions, RunOutcome, Validation, ssl_step};

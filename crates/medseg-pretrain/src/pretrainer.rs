@@ -29,7 +29,7 @@ use medseg_train::optim::Grads;
 use medseg_train::seeded::SeededVarMap;
 
 use crate::config::{PretrainConfig, PretrainPlan};
-use crate::features::participation_ratio;
+use crate::features::{foreground_cells, participation_ratio};
 use crate::loss::{SslLoss, scalar, ssl_loss};
 use crate::ops::{RngDraws, aug_rand, rot_rand};
 use crate::optim::Optimizer;
@@ -56,13 +56,18 @@ pub struct Validation {
     pub loss: f64,
     /// Mean reconstruction loss.
     pub recon: f64,
-    /// Mean participation ratio of the encoder's hidden states, stages 0–4.
+    /// Mean participation ratio of the encoder's hidden states inside the body, stages 0–4
+    /// (NaN for a stage with fewer than 2 cells inside the body).
     pub feature_pr: [f64; 5],
     /// Wall time of the whole validation, seconds.
     pub seconds: f64,
     /// Of which the collapse check (the extra encoder pass and the participation ratios).
     pub feature_pr_seconds: f64,
 }
+
+/// Scaled intensity above which a voxel counts as body for the collapse check (air is 0 after
+/// `ScaleIntensityRange(a_min, a_max → 0, 1, clip)`).
+pub const BODY_THRESHOLD: f64 = 0.01;
 
 /// What a [`Pretrainer::run`] call did.
 #[derive(Debug, Clone)]
@@ -332,7 +337,8 @@ impl Pretrainer {
 
     /// Mean (total, reconstruction) loss over the validation crops with fixed pretext draws, and
     /// the mean [`participation_ratio`] of the encoder's five normalised hidden states on the
-    /// clean crops; writes the reconstruction panels of the first crop to `png` when given.
+    /// clean crops, over the stage cells inside the body ([`foreground_cells`] above
+    /// [`BODY_THRESHOLD`]); writes the reconstruction panels of the first crop to `png` when given.
     /// `None` without validation data.
     pub fn validate(&self, png: Option<&Path>) -> Result<Option<Validation>> {
         let Some(val) = &self.val_loader else { return Ok(None) };
@@ -342,7 +348,7 @@ impl Pretrainer {
         let frozen =
             SslHead::new(&cfg.model, frozen_var_builder(&self.varmap).map_err(candle_err)?)?;
         let (mut tot, mut rec, mut n) = (0f64, 0f64, 0usize);
-        let mut pr = [0f64; 5];
+        let (mut pr, mut pr_n) = ([0f64; 5], [0usize; 5]);
         for (i, batch) in val.epoch(0).enumerate() {
             if cfg.train.val_batches > 0 && i >= cfg.train.val_batches {
                 break;
@@ -354,8 +360,14 @@ impl Pretrainer {
             rec += scalar(&v.loss.recon)?;
             let t = Instant::now();
             let hidden = frozen.encoder().forward_t(&batch.image, true, false)?;
-            for (acc, h) in pr.iter_mut().zip(&hidden) {
-                *acc += participation_ratio(h)?;
+            let size = batch.image.dim(2)?;
+            for ((acc, cnt), h) in pr.iter_mut().zip(pr_n.iter_mut()).zip(&hidden) {
+                let body = foreground_cells(&batch.image, size / h.dim(2)?, BODY_THRESHOLD)?;
+                let p = participation_ratio(h, Some(&body))?;
+                if p.is_finite() {
+                    *acc += p;
+                    *cnt += 1;
+                }
             }
             pr_time += t.elapsed().as_secs_f64();
             n += 1;
@@ -372,7 +384,9 @@ impl Pretrainer {
         Ok((n > 0).then(|| Validation {
             loss: tot / k,
             recon: rec / k,
-            feature_pr: pr.map(|p| p / k),
+            feature_pr: std::array::from_fn(|s| {
+                if pr_n[s] > 0 { pr[s] / pr_n[s] as f64 } else { f64::NAN }
+            }),
             seconds: start.elapsed().as_secs_f64(),
             feature_pr_seconds: pr_time,
         }))
@@ -462,12 +476,15 @@ impl Pretrainer {
                     row.val_loss = Some(vl);
                     row.val_recon = Some(vr);
                     row.val_feature_pr = Some(v.feature_pr);
-                    let pr = v.feature_pr.map(|p| format!("{p:.1}")).join(" / ");
+                    let pr = v
+                        .feature_pr
+                        .map(|p| if p.is_finite() { format!("{p:.1}") } else { "–".into() })
+                        .join(" / ");
                     log(
                         &pb,
                         format!(
                             "step {step}: validation loss {vl:.4}, reconstruction {vr:.4}, \
-                             feature participation ratio (stages 0–4) {pr} ({:.1} s, of which \
+                             feature participation ratio inside the body (stages 0–4) {pr} ({:.1} s, of which \
                              the collapse check {:.1} s)",
                             v.seconds, v.feature_pr_seconds
                         ),

@@ -75,14 +75,23 @@ fn resumed_run_reproduces_the_uninterrupted_losses_and_writes_outputs() {
         csv.lines().nth(2).is_some_and(|l| !l.ends_with(",,")),
         "validation columns on step 2: {csv}"
     );
-    // the feature participation ratios of the validation steps: 1 ≤ PR ≤ channels of the stage
+    // the feature participation ratios inside the body: 1 ≤ PR ≤ channels of the stage at
+    // stages 0–2; the 16³ and 32³ cells of stages 3–4 are too coarse to lie inside the body of
+    // these small crops (NaN)
     let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
     let row: Vec<&str> = csv.lines().nth(2).expect("row").split(',').collect();
     for stage in 0..5 {
         let col = header.iter().position(|h| *h == format!("val_pr{stage}")).expect("pr column");
         let pr: f64 = row[col].parse().unwrap_or_else(|_| panic!("val_pr{stage} {:?}", row[col]));
         let channels = (fs << stage) as f64;
-        assert!((1.0..=channels).contains(&pr), "stage {stage}: PR {pr} of {channels} channels");
+        if stage < 3 {
+            assert!(
+                (1.0..=channels).contains(&pr),
+                "stage {stage}: PR {pr} of {channels} channels"
+            );
+        } else {
+            assert!(pr.is_nan() || (1.0..=channels).contains(&pr), "stage {stage}: PR {pr}");
+        }
     }
 }
 
