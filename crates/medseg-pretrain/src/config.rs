@@ -290,7 +290,7 @@ impl PretrainConfig {
             return bad(format!("train.grad_clip must be ≥ 0 (0 = off), got {}", t.grad_clip));
         }
         let o = &self.optim;
-        if !(o.lr > 0.0 && o.lr.is_finite()) || !(o.weight_decay >= 0.0) || !(o.eps > 0.0) {
+        if !(o.lr > 0.0 && o.lr.is_finite() && o.weight_decay >= 0.0 && o.eps > 0.0) {
             return bad(format!(
                 "optim: lr ({}) and eps ({}) must be > 0, weight_decay ({}) ≥ 0",
                 o.lr, o.eps, o.weight_decay

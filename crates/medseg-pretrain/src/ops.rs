@@ -352,7 +352,7 @@ mod tests {
                 for a in 0..3 {
                     assert!(b.start[a] < dims[a] - tol[a]);
                     let side = b.end[a] - b.start[a];
-                    assert!(side <= mx[a] - 1 && (side >= tol[a] || b.end[a] == dims[a]));
+                    assert!(side < mx[a] && (side >= tol[a] || b.end[a] == dims[a]));
                 }
             }
             // every replaced voxel holds normalised noise in [0, 1]; the rest is untouched
