@@ -20,7 +20,7 @@ fn to_vec(t: &Tensor) -> Vec<f32> {
 /// A shifted-window style mask: 0 or −100, different per window.
 fn mask_values(nw: usize, n: usize) -> Vec<f32> {
     (0..nw * n * n)
-        .map(|t| if (t / n + t % n + t / (n * n)) % 3 == 0 { -100.0 } else { 0.0 })
+        .map(|t| if (t / n + t % n + t / (n * n)).is_multiple_of(3) { -100.0 } else { 0.0 })
         .collect()
 }
 

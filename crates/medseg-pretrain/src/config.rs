@@ -226,7 +226,7 @@ impl PretrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         let m = &self.model;
-        if m.in_channels == 0 || m.feature_size == 0 || m.feature_size % 12 != 0 {
+        if m.in_channels == 0 || m.feature_size == 0 || !m.feature_size.is_multiple_of(12) {
             return bad(format!(
                 "model: in_channels ({}) ≥ 1 and feature_size ({}) a positive multiple of 12",
                 m.in_channels, m.feature_size

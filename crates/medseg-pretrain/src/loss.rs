@@ -120,6 +120,7 @@ pub fn contrastive_loss(z1: &Tensor, z2: &Tensor, tau: f64) -> Result<Tensor> {
 /// The research `Loss`: `rot_logits` `[2N, 4]` with labels `rot_labels` (both views), `z1`/`z2`
 /// `[N, D]` contrastive embeddings of view 1 and 2, reconstructions `rec` against `target`
 /// (the rotated, un-augmented views, `[2N, C, X, Y, Z]`).
+#[allow(clippy::too_many_arguments)] // the research `Loss.__call__` inputs, one by one
 pub fn ssl_loss(
     rot_logits: &Tensor,
     rot_labels: &[u32],

@@ -101,9 +101,11 @@ impl CutoutConfig {
     /// int(max_block_sz·s)` (NumPy's `randint(tol, mx)` raises otherwise) and `tol ≥ 1` so every
     /// block has at least one voxel and the drop loop terminates.
     pub fn validate(&self, dims: [usize; 3]) -> Result<()> {
-        if !(0.0..=1.0).contains(&self.max_drop)
-            || !(self.max_block_sz > 0.0 && self.max_block_sz <= 1.0)
-            || !(self.tolr > 0.0 && self.tolr < self.max_block_sz)
+        if !((0.0..=1.0).contains(&self.max_drop)
+            && self.max_block_sz > 0.0
+            && self.max_block_sz <= 1.0
+            && self.tolr > 0.0
+            && self.tolr < self.max_block_sz)
         {
             return Err(Error::Config(format!(
                 "cutout needs 0 ≤ max_drop ≤ 1 and 0 < tolr < max_block_sz ≤ 1, got max_drop {}, \
@@ -370,7 +372,7 @@ mod tests {
         let mut x = vec![0f32; 8];
         assert!(patch_rand_drop(&mut x, 1, [2, 2, 2], None, &cfg, &mut draws).is_err());
         assert!(patch_rand_drop(&mut x, 1, [4, 4, 4], None, &cfg, &mut draws).is_err());
-        assert!(rot_rand(&vec![0f32; 2 * 3 * 4], 1, 1, [2, 3, 4], &mut draws).is_err());
+        assert!(rot_rand(&[0f32; 2 * 3 * 4], 1, 1, [2, 3, 4], &mut draws).is_err());
         let bad = CutoutConfig { tolr: 0.3, ..cfg };
         assert!(bad.validate([96; 3]).is_err());
         assert!(cfg.validate([96; 3]).is_ok());

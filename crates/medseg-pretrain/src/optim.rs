@@ -39,8 +39,7 @@ impl Sgd {
             let d =
                 if self.weight_decay != 0.0 { (g + (&p * self.weight_decay)?)? } else { g.clone() };
             let b = match (buf.take(), self.momentum) {
-                (_, m) if m == 0.0 => d,
-                (None, _) => d,
+                (_, 0.0) | (None, _) => d,
                 (Some(prev), m) => ((prev * m)? + d)?,
             };
             var.set(&(&p - (&b * self.lr)?)?)?;

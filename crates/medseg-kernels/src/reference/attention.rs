@@ -85,7 +85,9 @@ impl AttentionGeom {
         if self.dv == 0 || self.n_valid > self.nk {
             return Err(KernelError::Geometry(format!("invalid attention geometry {self:?}")));
         }
-        if mask.is_some() && (self.mask_windows == 0 || self.batch % self.mask_windows != 0) {
+        if mask.is_some()
+            && (self.mask_windows == 0 || !self.batch.is_multiple_of(self.mask_windows))
+        {
             return Err(KernelError::Geometry(format!(
                 "mask windows {} must divide the batch {}",
                 self.mask_windows, self.batch
