@@ -12,25 +12,10 @@ use std::time::Instant;
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use medseg_models::{SwinUnetr, SwinUnetrConfig};
+use medseg_testkit::bench::{arg, peak_rss_mb};
 
 /// The default list: fits in ≈ 5 min on 2 cores.
 const DEFAULT: &str = "fs12@64:fwd,fs12@64:train,fs24@64:fwd,fs24@64:train,fs48@96:fwd";
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
 
 fn parse_spec(spec: &str) -> anyhow::Result<(usize, usize, String)> {
     let (model, mode) = spec.split_once(':').unwrap_or((spec, "fwd"));

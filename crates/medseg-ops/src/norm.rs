@@ -66,11 +66,7 @@ pub fn instance_norm_leaky_relu(
     #[cfg(feature = "cuda")]
     if x.device().is_cuda() {
         // No fused CUDA kernel: the CUDA instance norm and leaky ReLU, composed.
-        let y = instance_norm3d(x, None, None, eps)?;
-        let y = match residual {
-            Some(r) => (y + r)?,
-            None => y,
-        };
+        let y = plus(instance_norm3d(x, None, None, eps)?, residual)?;
         return crate::activation::leaky_relu(&y, negative_slope);
     }
     let dtype = x.dtype();
@@ -90,12 +86,16 @@ pub fn instance_norm_leaky_relu_reference(
     eps: f64,
     negative_slope: f64,
 ) -> Result<Tensor> {
-    let y = instance_norm3d_reference(x, None, None, eps)?;
-    let y = match residual {
-        Some(r) => (y + r)?,
-        None => y,
-    };
+    let y = plus(instance_norm3d_reference(x, None, None, eps)?, residual)?;
     crate::activation::leaky_relu_reference(&y, negative_slope)
+}
+
+/// `y + r`, or `y` without a residual.
+fn plus(y: Tensor, r: Option<&Tensor>) -> Result<Tensor> {
+    match r {
+        Some(r) => y + r,
+        None => Ok(y),
+    }
 }
 
 /// Layer normalisation over the last dimension with biased variance, then `γ·x̂ + β`.

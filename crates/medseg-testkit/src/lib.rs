@@ -144,3 +144,55 @@ pub fn shared_data_dir(manifest_dir: &str) -> Option<PathBuf> {
     eprintln!("skipped: ../shared/data not found next to the checkout (real CT fixtures absent)");
     None
 }
+
+/// Helpers of the `bench_*` examples (flag parsing, the process's peak memory).
+pub mod bench {
+    /// The value after `--name` in `args`, if present.
+    pub fn arg(args: &[String], name: &str) -> Option<String> {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+    }
+
+    /// This process's peak resident set (`VmHWM` of `/proc/self/status`) in MiB; NaN where
+    /// `/proc` is missing.
+    pub fn peak_rss_mb() -> f64 {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmHWM:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            })
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+
+    /// `N` (a cube) or `D,H,W`, all positive, as given to `flag`.
+    pub fn parse_dims(flag: &str, s: &str) -> Result<[usize; 3], String> {
+        let bad = || format!("{flag} must be N or D,H,W (positive integers), got {s:?}");
+        let v = s
+            .split(',')
+            .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+            .collect::<Result<Vec<_>, _>>()?;
+        match v[..] {
+            [n] if n > 0 => Ok([n; 3]),
+            [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
+            _ => Err(bad()),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn dims_and_flags_parse() {
+            assert_eq!(parse_dims("--patch", "64"), Ok([64; 3]));
+            assert_eq!(parse_dims("--patch", "64, 32,16"), Ok([64, 32, 16]));
+            for bad in ["0", "1,2", "a", "1,2,0"] {
+                assert!(parse_dims("--patch", bad).unwrap_err().contains("--patch"), "{bad}");
+            }
+            let args: Vec<String> = ["x", "--out", "f.json"].map(String::from).to_vec();
+            assert_eq!(arg(&args, "--out").as_deref(), Some("f.json"));
+            assert_eq!(arg(&args, "--steps"), None);
+        }
+    }
+}

@@ -16,33 +16,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use candle::{Device, Tensor};
+use medseg_testkit::bench::{arg, parse_dims, peak_rss_mb};
 use medseg_train::{TrainConfig, sliding_window_argmax, sliding_window_inference};
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn parse_volume(s: &str) -> anyhow::Result<[usize; 3]> {
-    let v = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().with_context(|| format!("--volume {s:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    match v[..] {
-        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => anyhow::bail!("--volume must be D,H,W (positive), got {s:?}"),
-    }
-}
 
 /// Child: stitches once in `mode` and prints one JSON object.
 fn child(mode: &str, volume: [usize; 3], classes: usize) -> anyhow::Result<()> {
@@ -110,8 +85,10 @@ fn child(mode: &str, volume: [usize; 3], classes: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let volume =
-        arg(&args, "--volume").map(|v| parse_volume(&v)).transpose()?.unwrap_or([160, 160, 320]);
+    let volume = arg(&args, "--volume")
+        .map(|v| parse_dims("--volume", &v).map_err(anyhow::Error::msg))
+        .transpose()?
+        .unwrap_or([160, 160, 320]);
     let classes: usize = arg(&args, "--classes")
         .map(|c| c.parse().with_context(|| format!("--classes {c:?}")))
         .transpose()?

@@ -36,26 +36,12 @@ use std::time::Instant;
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use medseg_testkit::bench::{arg, parse_dims, peak_rss_mb};
 use medseg_train::cuda_precision::{Precision, precision_var_builder};
 use medseg_train::loss::segmentation_loss;
 use medseg_train::{
     AdamW, Grads, SegModel, TrainConfig, device_from_str, sliding_window_inference,
 };
-
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
-}
-
-fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn median(xs: &[f64]) -> f64 {
     let mut s = xs.to_vec();
@@ -84,7 +70,9 @@ impl Opts {
             Some("bf16") => Precision::Bf16,
             Some(other) => anyhow::bail!("--precision must be f32 or bf16, got {other:?}"),
         };
-        let patch = arg(args, "--patch").map(|p| parse_patch(&p)).transpose()?;
+        let patch = arg(args, "--patch")
+            .map(|p| parse_dims("--patch", &p).map_err(anyhow::Error::msg))
+            .transpose()?;
         let device = arg(args, "--device").unwrap_or_else(|| "cpu".into());
         Ok(Opts { device, precision, steps, patch })
     }
@@ -102,19 +90,6 @@ impl Opts {
             a.extend(["--patch".to_string(), format!("{d},{h},{w}")]);
         }
         a
-    }
-}
-
-/// `N` or `D,H,W`.
-fn parse_patch(s: &str) -> anyhow::Result<[usize; 3]> {
-    let v = s
-        .split(',')
-        .map(|p| p.trim().parse::<usize>().with_context(|| format!("--patch {s:?}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    match v[..] {
-        [n] if n > 0 => Ok([n; 3]),
-        [d, h, w] if d > 0 && h > 0 && w > 0 => Ok([d, h, w]),
-        _ => anyhow::bail!("--patch must be N or D,H,W (positive), got {s:?}"),
     }
 }
 
