@@ -44,6 +44,23 @@ pub struct PhantomConfig {
     pub max_shift_vox: f64,
     /// Write odd cases in LPS orientation (same anatomy) to exercise `Orientation`.
     pub mixed_orientation: bool,
+    /// How the four soft-tissue organs differ in intensity.
+    #[serde(default)]
+    pub contrast: OrganContrast,
+}
+
+/// Organ intensities of the phantom.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrganContrast {
+    /// Each organ has its own intensity: liver 65 HU, spleen 45 HU, kidneys a 160 HU cortex
+    /// around a 30 HU medulla. A small network separates most voxels by intensity alone.
+    #[default]
+    Distinct,
+    /// Liver, spleen and both kidneys are one 50 HU soft tissue (with the same texture and
+    /// per-case shift); only position and shape tell them apart, so a segmenter needs context.
+    /// The random draws are those of `Distinct`: the same seed gives the same anatomy.
+    Uniform,
 }
 
 impl Default for PhantomConfig {
@@ -59,6 +76,7 @@ impl Default for PhantomConfig {
             max_rotation_deg: 8.0,
             max_shift_vox: 3.0,
             mixed_orientation: false,
+            contrast: OrganContrast::Distinct,
         }
     }
 }
@@ -174,9 +192,10 @@ pub fn generate_case(cfg: &PhantomConfig, n: usize) -> Result<(Volume<i16>, Volu
                     let f = blob.level(b);
                     if f < 1.0 {
                         lab = *id;
-                        val = match id {
-                            1 => 65.0 + 4.0 * t,
-                            2 => 45.0 + 4.0 * t,
+                        val = match (cfg.contrast, id) {
+                            (OrganContrast::Uniform, _) => 50.0 + 4.0 * t,
+                            (_, 1) => 65.0 + 4.0 * t,
+                            (_, 2) => 45.0 + 4.0 * t,
                             _ if f > 0.55 => 160.0,
                             _ => 30.0,
                         } + hu_shift;

@@ -5,7 +5,7 @@
 //! cargo run --release -p medseg-pretrain --example label_scarce -- \
 //!     [--out runs/label_scarce] [--data data/label_scarce] [--seeds 0,1,2] \
 //!     [--pretrained CHECKPOINT] [--pretrain-steps N] [--finetune-steps N] [--lr LR] \
-//!     [--encoder-lr-scale S]
+//!     [--encoder-lr-scale S] [--contrast distinct|uniform]
 //! ```
 //!
 //! 1. Writes a 24-case phantom (cases 0–11 are the default phantom's, 12–23 new) under `--data`
@@ -20,6 +20,8 @@
 //!    encoder's starting weights. `--lr` overrides the fine-tuning learning rate (docs/pretraining.md
 //!    reports 3e-3, the `phantom` preset's, and 3e-4); `--encoder-lr-scale` sets
 //!    `optim.encoder_lr_scale` of both runs of a pair (the encoder's lr multiplier).
+//!    `--contrast uniform` gives liver, spleen and kidneys one intensity (medseg-data
+//!    `OrganContrast::Uniform`), so that only context tells them apart; use its own `--data` folder.
 //! 4. Prints and writes `<out>/summary.md`: validation mean Dice at every validation step per run,
 //!    the means over seeds, and the final per-class Dice.
 //!
@@ -28,6 +30,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use medseg_data::phantom::OrganContrast;
 use medseg_pretrain::{PretrainConfig, Pretrainer};
 use medseg_train::{TrainConfig, Trainer, device_from_str};
 
@@ -44,6 +47,7 @@ struct Args {
     finetune_steps: Option<u64>,
     lr: Option<f64>,
     encoder_lr_scale: Option<f64>,
+    contrast: OrganContrast,
 }
 
 fn parse_args() -> Result<Args> {
@@ -56,6 +60,7 @@ fn parse_args() -> Result<Args> {
         finetune_steps: None,
         lr: None,
         encoder_lr_scale: None,
+        contrast: OrganContrast::Distinct,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +79,13 @@ fn parse_args() -> Result<Args> {
             "--finetune-steps" => a.finetune_steps = Some(value()?.parse()?),
             "--lr" => a.lr = Some(value()?.parse()?),
             "--encoder-lr-scale" => a.encoder_lr_scale = Some(value()?.parse()?),
+            "--contrast" => {
+                a.contrast = match value()?.as_str() {
+                    "distinct" => OrganContrast::Distinct,
+                    "uniform" => OrganContrast::Uniform,
+                    other => bail!("--contrast: {other:?} is not distinct or uniform"),
+                }
+            }
             other => bail!("unknown argument {other:?} (see the example's doc comment)"),
         }
     }
@@ -84,10 +96,11 @@ fn parse_args() -> Result<Args> {
 }
 
 /// The phantom and the two datalists (entries relative to the datalists' folder).
-fn write_data(dir: &Path) -> Result<()> {
+fn write_data(dir: &Path, contrast: OrganContrast) -> Result<()> {
     let cfg = medseg_data::phantom::PhantomConfig {
         n_cases: N_CASES,
         n_validation: 0,
+        contrast,
         ..Default::default()
     };
     medseg_data::phantom::generate(dir.join("phantom"), &cfg)
@@ -252,7 +265,7 @@ fn summary(
 fn main() -> Result<()> {
     medseg_ops::tune_allocator();
     let args = parse_args()?;
-    write_data(&args.data)?;
+    write_data(&args.data, args.contrast)?;
     let ckpt = match &args.pretrained {
         Some(p) => p.clone(),
         None => pretrain(&args)?,

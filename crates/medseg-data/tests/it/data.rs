@@ -65,6 +65,33 @@ fn phantom_is_deterministic_and_well_formed() {
 }
 
 #[test]
+fn uniform_contrast_keeps_the_anatomy_and_equalises_the_organs() {
+    use medseg_data::phantom::OrganContrast;
+    // Noise-free, so every voxel can be compared with the distinct phantom's.
+    let small = PhantomConfig { shape: [40, 40, 40], noise_hu: 0.0, ..PhantomConfig::default() };
+    let (img_d, lab_d) = phantom::generate_case(&small, 3).expect("distinct");
+    let uniform = PhantomConfig { contrast: OrganContrast::Uniform, ..small };
+    let (img_u, lab_u) = phantom::generate_case(&uniform, 3).expect("uniform");
+    assert_eq!(lab_d.data(), lab_u.data(), "same seed, same anatomy");
+    let mut kidney_cortex = 0;
+    for ((&d, &u), &l) in img_d.data().iter().zip(img_u.data()).zip(lab_u.data()) {
+        let (d, u) = (d as i32, u as i32);
+        match l {
+            // Liver 65 + 4t + shift and spleen 45 + 4t + shift become 50 + 4t + shift (±1 rounding).
+            1 => assert!((u - (d - 15)).abs() <= 1, "liver {d} -> {u}"),
+            2 => assert!((u - (d + 5)).abs() <= 1, "spleen {d} -> {u}"),
+            // Kidneys lose the 160 HU cortex: 50 ± 24 (texture) ± 10 (per-case shift).
+            3 | 4 => {
+                assert!((16..=84).contains(&u), "kidney {d} -> {u}");
+                kidney_cortex += usize::from(d >= 150);
+            }
+            _ => assert_eq!(d, u, "outside the four organs nothing changes"),
+        }
+    }
+    assert!(kidney_cortex > 0, "the distinct phantom has a kidney cortex");
+}
+
+#[test]
 fn datalist_errors_name_the_missing_file() {
     let dir = tempfile::tempdir().expect("tmp");
     let json = small_phantom(dir.path());
