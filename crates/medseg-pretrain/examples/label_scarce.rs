@@ -258,7 +258,13 @@ fn summary(
             .collect();
         let _ = writeln!(s, "| {name} |{cells}");
     }
-    let _ = writeln!(s, "\nseeds {:?}; data {}", args.seeds, args.data.display());
+    let _ = writeln!(
+        s,
+        "\nseeds {:?}; data {} (organ contrast {:?})",
+        args.seeds,
+        args.data.display(),
+        args.contrast
+    );
     s
 }
 
