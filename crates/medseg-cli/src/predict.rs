@@ -25,7 +25,7 @@ use medseg_models::loader::{load_into_varmap, read_checkpoint};
 use medseg_train::config::Pipeline;
 use medseg_train::{
     ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_argmax,
-    sliding_window_inference,
+    sliding_window_stream,
 };
 use rayon::prelude::*;
 
@@ -464,13 +464,6 @@ impl Predictor {
         let k = self.cfg.model.out_channels();
         // [K·D·H·W] channel-major softmax scores
         let scores = self.scores(x, shape)?;
-        if let Some(v) = scores.iter().position(|v| !v.is_finite()) {
-            bail!(
-                "the network produced a non-finite value ({}) in channel {} (broken weights?)",
-                scores[v],
-                v / shape.iter().product::<usize>()
-            );
-        }
         if let Some(dir) = &job.probabilities {
             ensure_out_dir(dir, "probabilities")?;
             write_probabilities(dir, &scores, k, shape, affine, meta)?;
@@ -503,38 +496,86 @@ impl Predictor {
     }
 
     /// Softmax class scores `[K·D·H·W]` (channel-major) of the preprocessed volume `x`,
-    /// averaged over the 8 flips with TTA. Peak memory ≈ 2 × K × voxels f32.
+    /// averaged over the 8 flips with TTA. Each flip's blended D-slices stream
+    /// ([`sliding_window_stream`]) into one accumulator, un-flipped on the way: peak memory ≈
+    /// K × voxels f32 plus the stream's `roi[0]` slices.
     fn scores(&self, x: &Tensor, shape: [usize; 3]) -> Result<Vec<f32>> {
         let k = self.cfg.model.out_channels();
         let flips: Vec<Vec<usize>> = if self.tta { flip_sets() } else { vec![Vec::new()] };
-        let mut acc: Vec<f32> = Vec::new();
+        let mut acc = vec![0f32; k * shape.iter().product::<usize>()];
+        let mut probs: Vec<f32> = Vec::new();
         for f in &flips {
             let xf = if f.is_empty() { x.clone() } else { x.flip(f)? };
-            let logits = sliding_window_inference(&xf, &self.cfg.inference, |t| {
-                Ok(self.model.forward_t(t, false)?)
-            })?;
-            let got = logits.dims().to_vec();
-            if got[1] != k {
-                bail!("the model returned {} channels, the config says {k}", got[1]);
-            }
-            // [1, K, D, H, W] -> [K·D·H·W]
-            let mut p: Vec<f32> = logits.flatten_all()?.to_vec1()?;
-            drop(logits);
-            softmax_channels(&mut p, k);
             // Spatial dims 2, 3, 4 of the tensor are axes 0, 1, 2 of each channel.
             let axes: Vec<usize> = f.iter().map(|d| d - 2).collect();
-            if acc.is_empty() {
-                acc = if axes.is_empty() { p } else { flip_channels(&p, k, shape, &axes) };
-            } else {
-                let p = if axes.is_empty() { p } else { flip_channels(&p, k, shape, &axes) };
-                acc.par_iter_mut().zip(&p).for_each(|(a, v)| *a += v);
-            }
+            sliding_window_stream(
+                &xf,
+                &self.cfg.inference,
+                |t| Ok(self.model.forward_t(t, false)?),
+                |s| {
+                    if s.scores.len() != k * shape[1] * shape[2] {
+                        return Err(medseg_train::Error::Shape {
+                            what: "model output channels".into(),
+                            expected: format!("{k} channels (the config's out_channels)"),
+                            got: vec![s.scores.len() / (shape[1] * shape[2]), shape[1], shape[2]],
+                        });
+                    }
+                    if let Some(i) = s.scores.iter().position(|v| !v.is_finite()) {
+                        let hw = shape[1] * shape[2];
+                        let v = unflip(shape, &axes, [s.d, i % hw / shape[2], i % shape[2]]);
+                        return Err(medseg_train::Error::NonFiniteOutput {
+                            value: s.scores[i],
+                            batch: s.batch,
+                            channel: i / hw,
+                            voxel: v,
+                        });
+                    }
+                    probs.clear();
+                    probs.extend_from_slice(s.scores);
+                    softmax_channels(&mut probs, k);
+                    add_slice(&mut acc, &probs, k, shape, &axes, s.d);
+                    Ok(())
+                },
+            )?;
         }
         let n = flips.len() as f32;
         if n > 1.0 {
             acc.par_iter_mut().for_each(|a| *a /= n);
         }
         Ok(acc)
+    }
+}
+
+/// Where voxel `[d, h, w]` of a volume of `shape` flipped along `axes` (0, 1, 2) sits unflipped.
+fn unflip(shape: [usize; 3], axes: &[usize], v: [usize; 3]) -> [usize; 3] {
+    std::array::from_fn(|a| if axes.contains(&a) { shape[a] - 1 - v[a] } else { v[a] })
+}
+
+/// Adds the channel-major `[K, H, W]` slice `d` of a volume flipped along `axes` to the
+/// unflipped channel-major `[K·D·H·W]` accumulator.
+fn add_slice(
+    acc: &mut [f32],
+    slice: &[f32],
+    k: usize,
+    shape: [usize; 3],
+    axes: &[usize],
+    d: usize,
+) {
+    let [_, nh, nw] = shape;
+    let (hw, vox) = (nh * nw, shape.iter().product::<usize>());
+    let d0 = unflip(shape, axes, [d, 0, 0])[0];
+    let (flip_h, flip_w) = (axes.contains(&1), axes.contains(&2));
+    for c in 0..k {
+        let dst = &mut acc[c * vox + d0 * hw..][..hw];
+        for (i, src) in slice[c * hw..(c + 1) * hw].chunks(nw).enumerate() {
+            let i0 = if flip_h { nh - 1 - i } else { i };
+            let row = &mut dst[i0 * nw..(i0 + 1) * nw];
+            if flip_w {
+                row.iter_mut().rev().zip(src).for_each(|(a, v)| *a += v);
+            } else {
+                row.iter_mut().zip(src).for_each(|(a, v)| *a += v);
+            }
+        }
     }
 }
 
@@ -572,23 +613,6 @@ fn argmax_channels(p: &[f32], k: usize) -> Vec<u8> {
         });
     }
     best
-}
-
-/// Flips every channel of a channel-major `[K·X·Y·Z]` buffer along `axes` (0, 1, 2).
-fn flip_channels(p: &[f32], k: usize, shape: [usize; 3], axes: &[usize]) -> Vec<f32> {
-    let [nx, ny, nz] = shape;
-    let n = nx * ny * nz;
-    let f = |a: usize, i: usize| if axes.contains(&a) { shape[a] - 1 - i } else { i };
-    let mut out = vec![0f32; k * n];
-    out.par_chunks_mut(nz).enumerate().for_each(|(row, dst)| {
-        let (c, rest) = (row / (nx * ny), row % (nx * ny));
-        let (i, j) = (rest / ny, rest % ny);
-        let src = c * n + (f(0, i) * ny + f(1, j)) * nz;
-        for (kk, d) in dst.iter_mut().enumerate() {
-            *d = p[src + f(2, kk)];
-        }
-    });
-    out
 }
 
 /// The 8 subsets of the spatial dims `{2, 3, 4}` of a `[B, C, D, H, W]` tensor, `[]` first.
@@ -644,6 +668,23 @@ fn write_probabilities(
 mod tests {
     use super::*;
 
+    /// Reference: flips every channel of a channel-major `[K·X·Y·Z]` buffer along `axes` (0, 1, 2).
+    fn flip_channels(p: &[f32], k: usize, shape: [usize; 3], axes: &[usize]) -> Vec<f32> {
+        let [nx, ny, nz] = shape;
+        let n = nx * ny * nz;
+        let f = |a: usize, i: usize| if axes.contains(&a) { shape[a] - 1 - i } else { i };
+        let mut out = vec![0f32; k * n];
+        out.par_chunks_mut(nz).enumerate().for_each(|(row, dst)| {
+            let (c, rest) = (row / (nx * ny), row % (nx * ny));
+            let (i, j) = (rest / ny, rest % ny);
+            let src = c * n + (f(0, i) * ny + f(1, j)) * nz;
+            for (kk, d) in dst.iter_mut().enumerate() {
+                *d = p[src + f(2, kk)];
+            }
+        });
+        out
+    }
+
     #[test]
     fn softmax_argmax_and_flip_on_channel_major_buffers() {
         // 2 channels × 3 voxels.
@@ -664,6 +705,27 @@ mod tests {
         assert_eq!(flip_channels(&q, 1, [2, 1, 3], &[0]), vec![3.0, 4.0, 5.0, 0.0, 1.0, 2.0]);
         let two: Vec<f32> = (0..4).map(|v| v as f32).collect();
         assert_eq!(flip_channels(&two, 2, [2, 1, 1], &[0]), vec![1.0, 0.0, 3.0, 2.0]);
+    }
+
+    #[test]
+    fn streamed_slices_accumulate_unflipped() {
+        // 2 channels of 3×4×5: every flip set, slice by slice, equals the whole-volume flip.
+        let (k, shape) = (2, [3usize, 4, 5]);
+        let vol: Vec<f32> = (0..k * 60).map(|v| (v * 7 % 11) as f32 - 3.0).collect();
+        for f in flip_sets() {
+            let axes: Vec<usize> = f.iter().map(|d| d - 2).collect();
+            // The flipped volume as the network sees it, handed out slice by slice.
+            let flipped = flip_channels(&vol, k, shape, &axes);
+            let mut acc = vec![0f32; vol.len()];
+            for d in 0..shape[0] {
+                let slice: Vec<f32> =
+                    (0..k).flat_map(|c| flipped[c * 60 + d * 20..][..20].to_vec()).collect();
+                add_slice(&mut acc, &slice, k, shape, &axes, d);
+            }
+            assert_eq!(acc, vol, "flip {f:?}");
+            assert_eq!(unflip(shape, &axes, unflip(shape, &axes, [2, 1, 0])), [2, 1, 0]);
+        }
+        assert_eq!(unflip(shape, &[0, 2], [0, 1, 0]), [2, 1, 4]);
     }
 
     #[test]
