@@ -7,3 +7,5 @@ mod gradients;
 mod run;
 // `load_encoder` / `train.init_from` on synthetic MONAI-style and medseg checkpoints.
 mod init_from;
+// Pretraining on the real CTs of ../shared/data (skipped when absent).
+mod real_ct;
