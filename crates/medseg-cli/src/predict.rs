@@ -23,6 +23,7 @@ use medseg_data::{Affine, Volume, sample_rng, write_prediction, write_volume};
 use medseg_models::MergeOrder;
 use medseg_models::loader::{load_into_varmap, read_checkpoint};
 use medseg_train::config::Pipeline;
+use medseg_train::sliding_window::window_starts;
 use medseg_train::{
     ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_argmax,
     sliding_window_stream,
@@ -90,6 +91,9 @@ struct Predictor {
     transforms: Compose,
     device: Device,
     tta: bool,
+    /// Show a bar over the sliding windows of each case (single-file mode on a terminal; folder
+    /// mode has its bar over the cases).
+    window_bar: bool,
 }
 
 /// Runs the subcommand.
@@ -138,7 +142,8 @@ pub fn run(args: &Args) -> Result<()> {
         if args.tta { "; TTA over 8 flips" } else { "" }
     );
     let transforms = cfg.data.val_transforms();
-    let p = Predictor { cfg, model, transforms, device, tta: args.tta };
+    let window_bar = !args.input.is_dir();
+    let p = Predictor { cfg, model, transforms, device, tta: args.tta, window_bar };
     if args.input.is_dir() {
         run_folder(&p, &jobs)
     } else {
@@ -431,15 +436,15 @@ impl Predictor {
             (1, 1, shape[0], shape[1], shape[2]),
             &self.device,
         )?;
+        let bar = self.window_progress(shape);
         let labels = if self.tta || job.probabilities.is_some() {
-            self.labels_with_probabilities(&x, shape, affine, &meta, job)?
+            self.labels_with_probabilities(&x, shape, affine, &meta, job, &bar)?
         } else {
             // Streamed: the K × voxels scores never exist at once (medseg-train docs).
-            let labels = sliding_window_argmax(&x, &self.cfg.inference, |t| {
-                Ok(self.model.forward_t(t, false)?)
-            })?;
+            let labels = sliding_window_argmax(&x, &self.cfg.inference, |t| self.forward(t, &bar))?;
             labels.flatten_all()?.to_vec1::<u8>()?
         };
+        bar.finish_and_clear();
         write_prediction(&job.output, labels, shape, affine, &meta)?;
         log(format!(
             "{id}: {:?} → network grid {:?} → {} in {:.2} s",
@@ -460,15 +465,46 @@ impl Predictor {
         affine: Affine,
         meta: &Meta,
         job: &Job,
+        bar: &ProgressBar,
     ) -> Result<Vec<u8>> {
         let k = self.cfg.model.out_channels();
         // [K·D·H·W] channel-major softmax scores
-        let scores = self.scores(x, shape)?;
+        let scores = self.scores(x, shape, bar)?;
         if let Some(dir) = &job.probabilities {
             ensure_out_dir(dir, "probabilities")?;
             write_probabilities(dir, &scores, k, shape, affine, meta)?;
         }
         Ok(argmax_channels(&scores, k))
+    }
+
+    /// The network on a batch of windows; advances the window bar.
+    fn forward(&self, windows: &Tensor, bar: &ProgressBar) -> medseg_train::Result<Tensor> {
+        let out = self.model.forward_t(windows, false)?;
+        bar.inc(windows.dim(0)? as u64);
+        Ok(out)
+    }
+
+    /// A bar over every window of the case (× 8 with TTA) of the preprocessed grid `shape`;
+    /// hidden in folder mode and when stderr is not a terminal.
+    fn window_progress(&self, shape: [usize; 3]) -> ProgressBar {
+        if !self.window_bar {
+            return ProgressBar::hidden();
+        }
+        let roi = self.cfg.inference.roi;
+        let padded: [usize; 3] = std::array::from_fn(|i| shape[i].max(roi[i]));
+        let starts = window_starts(padded, roi, self.cfg.inference.overlap);
+        let windows: usize = starts.iter().map(Vec::len).product();
+        let passes = if self.tta { 8 } else { 1 };
+        let pb = ProgressBar::new((windows * passes) as u64);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} windows ({elapsed}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb.set_prefix("sliding window");
+        pb
     }
 
     /// One log line when the input's orientation or spacing differs from the training grid.
@@ -499,7 +535,7 @@ impl Predictor {
     /// averaged over the 8 flips with TTA. Each flip's blended D-slices stream
     /// ([`sliding_window_stream`]) into one accumulator, un-flipped on the way: peak memory ≈
     /// K × voxels f32 plus the stream's `roi[0]` slices.
-    fn scores(&self, x: &Tensor, shape: [usize; 3]) -> Result<Vec<f32>> {
+    fn scores(&self, x: &Tensor, shape: [usize; 3], bar: &ProgressBar) -> Result<Vec<f32>> {
         let k = self.cfg.model.out_channels();
         let flips: Vec<Vec<usize>> = if self.tta { flip_sets() } else { vec![Vec::new()] };
         let mut acc = vec![0f32; k * shape.iter().product::<usize>()];
@@ -511,7 +547,7 @@ impl Predictor {
             sliding_window_stream(
                 &xf,
                 &self.cfg.inference,
-                |t| Ok(self.model.forward_t(t, false)?),
+                |t| self.forward(t, bar),
                 |s| {
                     if s.scores.len() != k * shape[1] * shape[2] {
                         return Err(medseg_train::Error::Shape {
