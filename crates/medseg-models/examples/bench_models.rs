@@ -6,13 +6,12 @@
 //! Writes a JSON array of `{fs, size, mode, median_s, times_s, peak_rss_mb}`;
 //! `tools/bench/models_monai.py --rust-json PATH` times MONAI on the same list.
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use medseg_models::{SwinUnetr, SwinUnetrConfig};
-use medseg_testkit::bench::{arg, peak_rss_mb};
+use medseg_testkit::bench::{arg, child_record, peak_rss_mb};
 
 /// The default list: fits in ≈ 5 min on 2 cores.
 const DEFAULT: &str = "fs12@64:fwd,fs12@64:train,fs24@64:fwd,fs24@64:train,fs48@96:fwd";
@@ -73,19 +72,14 @@ fn main() -> anyhow::Result<()> {
     }
     let out = PathBuf::from(arg(&args, "--out").unwrap_or("target/bench/models.json".into()));
     let configs = arg(&args, "--configs").unwrap_or(DEFAULT.into());
-    let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for spec in configs.split(',').filter(|s| !s.is_empty()) {
         let (fs, size, _) = parse_spec(spec)?;
         // fs48 at 96³ costs ≈ 1 min per forward on 2 cores: one repetition.
         let r = if fs * size * size * size > 24 * 64 * 64 * 64 { 1 } else { reps };
         eprintln!("bench {spec} ({r} reps)");
-        let o = Command::new(&exe).args(["--child", spec, "--reps", &r.to_string()]).output()?;
-        if !o.status.success() {
-            anyhow::bail!("{spec} failed: {}", String::from_utf8_lossy(&o.stderr))
-        }
-        let line = String::from_utf8_lossy(&o.stdout);
-        let v: serde_json::Value = serde_json::from_str(line.trim())?;
+        let args = ["--child", spec, "--reps", &r.to_string()].map(String::from);
+        let v = child_record(&args, spec).map_err(anyhow::Error::msg)?;
         eprintln!("  {v}");
         results.push(v);
     }

@@ -165,6 +165,22 @@ pub mod bench {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
+    /// Runs this executable again with `args` (the benches measure each case in a child process,
+    /// so that its peak memory is its own) and parses the one JSON record it prints on stdout.
+    /// The error names `what` and carries the child's stderr.
+    pub fn child_record(args: &[String], what: &str) -> Result<serde_json::Value, String> {
+        let exe = std::env::current_exe().map_err(|e| format!("locating this executable: {e}"))?;
+        let o = std::process::Command::new(&exe)
+            .args(args)
+            .output()
+            .map_err(|e| format!("starting {}: {e}", exe.display()))?;
+        if !o.status.success() {
+            return Err(format!("{what} failed: {}", String::from_utf8_lossy(&o.stderr)));
+        }
+        serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim())
+            .map_err(|e| format!("reading the {what} record: {e}"))
+    }
+
     /// `N` (a cube) or `D,H,W`, all positive, as given to `flag`.
     pub fn parse_dims(flag: &str, s: &str) -> Result<[usize; 3], String> {
         let bad = || format!("{flag} must be N or D,H,W (positive integers), got {s:?}");

@@ -11,12 +11,11 @@
 //! per-channel affine map of the window (no network, one output buffer per window), so the numbers are the stitching alone;
 //! a real run adds the model's own memory to both modes.
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle::{Device, Tensor};
-use medseg_testkit::bench::{arg, parse_dims, peak_rss_mb};
+use medseg_testkit::bench::{arg, child_record, parse_dims, peak_rss_mb};
 use medseg_train::{TrainConfig, sliding_window_argmax, sliding_window_inference};
 
 /// Child: stitches once in `mode` and prints one JSON object.
@@ -100,20 +99,18 @@ fn main() -> anyhow::Result<()> {
         return child(&mode, volume, classes);
     }
     let out = PathBuf::from(arg(&args, "--out").unwrap_or("target/bench/stitch.json".into()));
-    let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for mode in ["full", "stream"] {
         eprintln!("bench stitch {mode}: {classes} classes over {volume:?}");
-        let o = Command::new(&exe)
-            .args(["--child", mode, "--classes", &classes.to_string()])
-            .args(["--volume", &format!("{},{},{}", volume[0], volume[1], volume[2])])
-            .output()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        if !o.status.success() {
-            anyhow::bail!("{mode} failed: {}", String::from_utf8_lossy(&o.stderr))
-        }
-        let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim())
-            .with_context(|| format!("reading the {mode} record"))?;
+        let args = [
+            "--child".to_string(),
+            mode.to_string(),
+            "--classes".to_string(),
+            classes.to_string(),
+            "--volume".to_string(),
+            format!("{},{},{}", volume[0], volume[1], volume[2]),
+        ];
+        let v = child_record(&args, mode).map_err(anyhow::Error::msg)?;
         eprintln!(
             "  {:.1} s, peak RSS {:.0} MB (scores alone {:.2} GB)",
             v["seconds"].as_f64().unwrap_or(f64::NAN),

@@ -30,13 +30,12 @@
 //! side.
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use medseg_testkit::bench::{arg, parse_dims, peak_rss_mb};
+use medseg_testkit::bench::{arg, child_record, parse_dims, peak_rss_mb};
 use medseg_train::cuda_precision::{Precision, precision_var_builder};
 use medseg_train::loss::segmentation_loss;
 use medseg_train::{
@@ -292,7 +291,6 @@ fn main() -> anyhow::Result<()> {
             format!("opening --device {} (no usable CUDA device or driver?)", opts.device)
         })?;
     }
-    let exe = std::env::current_exe()?;
     let mut results = Vec::new();
     for name in cases.split(',').filter(|s| !s.is_empty()) {
         case(name)?;
@@ -302,16 +300,8 @@ fn main() -> anyhow::Result<()> {
             let p = serde_json::to_value(opts.precision)?;
             eprintln!("bench train {name} ({}, {})", opts.device, p.as_str().unwrap_or("?"));
         }
-        let o = Command::new(&exe)
-            .args(["--child", name])
-            .args(opts.child_args())
-            .output()
-            .with_context(|| format!("starting {}", exe.display()))?;
-        if !o.status.success() {
-            anyhow::bail!("{name} failed: {}", String::from_utf8_lossy(&o.stderr))
-        }
-        let v: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim())
-            .with_context(|| format!("reading the {name} record"))?;
+        let args = [vec!["--child".to_string(), name.to_string()], opts.child_args()].concat();
+        let v = child_record(&args, name).map_err(anyhow::Error::msg)?;
         let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
         let device_mem = match v.get("peak_device_mb").and_then(|m| m.as_f64()) {
             Some(m) => format!(", peak device {m:.0} MB"),
