@@ -384,18 +384,24 @@ fn load_model(
     Ok(cfg.model.build(VarBuilder::from_tensors(tensors, DType::F32, device))?)
 }
 
+/// A bar `prefix [===>  ] pos/len unit (elapsed, eta)`; `unit` may be `{msg}`.
+fn counting_bar(len: usize, prefix: &'static str, unit: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len as u64);
+    let template =
+        format!("{{prefix}} [{{bar:30}}] {{pos}}/{{len}} {unit} ({{elapsed}}, eta {{eta}})");
+    pb.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(prefix);
+    pb
+}
+
 /// Folder mode: every input in turn under a progress bar; a failing case is reported and the
 /// others still run; the command fails at the end if any case failed.
 fn run_folder(p: &Predictor, jobs: &[Job]) -> Result<()> {
-    let pb = ProgressBar::new(jobs.len() as u64);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    pb.set_prefix("predict");
+    let pb = counting_bar(jobs.len(), "predict", "{msg}");
     let log = |m: String| if pb.is_hidden() { eprintln!("{m}") } else { pb.println(m) };
     let mut failed = Vec::new();
     for job in jobs {
@@ -495,16 +501,7 @@ impl Predictor {
         let starts = window_starts(padded, roi, self.cfg.inference.overlap);
         let windows: usize = starts.iter().map(Vec::len).product();
         let passes = if self.tta { 8 } else { 1 };
-        let pb = ProgressBar::new((windows * passes) as u64);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {pos}/{len} windows ({elapsed}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb.set_prefix("sliding window");
-        pb
+        counting_bar(windows * passes, "sliding window", "windows")
     }
 
     /// One log line when the input's orientation or spacing differs from the training grid.
