@@ -63,6 +63,11 @@ pub fn collate(samples: &[Sample], device: &Device) -> Result<Batch> {
     })
 }
 
+/// [`collate`] on the CPU (the loader's batches; the trainer moves them to its device).
+pub fn collate_cpu(samples: &[Sample]) -> Result<Batch> {
+    collate(samples, &Device::Cpu)
+}
+
 /// Writes a label prediction made on a preprocessed grid (`labels` in C order over `shape`, with that
 /// grid's `affine`, e.g. `Batch::affines[b]`) as a NIfTI on the original image grid of `meta`
 /// (same shape and affine as the input file; nearest neighbour in world space, 0 outside).

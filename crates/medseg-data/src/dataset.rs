@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::nifti_io::read_volume;
+use crate::nifti_io::read_nifti;
 use crate::transforms::{Meta, Sample};
 use crate::volume::Volume;
 use crate::{Error, Result};
@@ -252,7 +252,8 @@ impl NiftiDataset {
 
 /// Loads and validates one image/label pair.
 pub fn load_sample(item: &DataItem, num_classes: Option<u32>, grid_tol: f64) -> Result<Sample> {
-    let image: Volume<f32> = read_volume(&item.image)?;
+    let (image, info): (Volume<f32>, _) = read_nifti(&item.image)?;
+    let mut warnings = info.warnings;
     if let Some(pos) = image.data().iter().position(|v| !v.is_finite()) {
         let s = image.shape();
         let (i, j, k) = (pos / (s[1] * s[2]), (pos / s[2]) % s[1], pos % s[2]);
@@ -268,7 +269,8 @@ pub fn load_sample(item: &DataItem, num_classes: Option<u32>, grid_tol: f64) -> 
     let label = match &item.label {
         None => None,
         Some(lp) => {
-            let mut l: Volume<u8> = read_volume(lp)?;
+            let (mut l, linfo): (Volume<u8>, _) = read_nifti(lp)?;
+            warnings.extend(linfo.warnings);
             if l.shape() != image.shape() || l.affine.max_abs_diff(&image.affine) > grid_tol {
                 return Err(Error::GeometryMismatch {
                     path: lp.clone(),
@@ -303,6 +305,7 @@ pub fn load_sample(item: &DataItem, num_classes: Option<u32>, grid_tol: f64) -> 
         original_affine: image.affine,
         original_shape: image.shape(),
         patch_index: 0,
+        warnings,
     };
     Ok(Sample { image, label, meta })
 }

@@ -81,6 +81,49 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A volume (read from a file, or allocated from a config size such as a crop roi) exceeds the
+    /// size limits of [`crate::limits::Limits`].
+    #[error(
+        "{path}: {what} of shape {shape:?} ({voxels} voxels, {bytes} bytes) exceeds the limit of \
+         {max_voxels} voxels / {max_bytes} bytes per volume (raise it with the environment \
+         variables MEDSEG_MAX_VOXELS / MEDSEG_MAX_BYTES)"
+    )]
+    TooLarge {
+        /// The file (empty for an in-memory volume without a source file).
+        path: PathBuf,
+        /// What was to be allocated ("volume", "crop", "resampled grid", …).
+        what: String,
+        /// Its shape.
+        shape: [usize; 3],
+        /// Its voxel count.
+        voxels: u128,
+        /// Its size in bytes.
+        bytes: u128,
+        /// The voxel limit it exceeds.
+        max_voxels: u64,
+        /// The byte limit it exceeds.
+        max_bytes: u64,
+    },
+    /// Memory for a checked allocation could not be reserved.
+    #[error("{path}: out of memory: cannot reserve {bytes} bytes for the {what}")]
+    OutOfMemory {
+        /// The file the allocation is for (empty when none).
+        path: PathBuf,
+        /// What was to be allocated.
+        what: String,
+        /// The size asked for.
+        bytes: u128,
+    },
+    /// The pre-flight check of a datalist found bad items (all of them are listed).
+    #[error("{path}: {} of {checked} data files failed the pre-flight check:\n{}", problems.len(), problems.join("\n"))]
+    CheckFailed {
+        /// The datalist (or data folder).
+        path: PathBuf,
+        /// How many files were checked.
+        checked: usize,
+        /// One line per problem, each naming the file.
+        problems: Vec<String>,
+    },
     /// A candle error at the batch boundary.
     #[error(transparent)]
     Candle(#[from] candle::Error),
@@ -97,6 +140,29 @@ impl Error {
     /// A [`Error::Nifti`] for `path`.
     pub fn nifti(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
         Error::Nifti { path: path.into(), reason: reason.into() }
+    }
+    /// Fills in `path` of a [`Error::TooLarge`] / [`Error::OutOfMemory`] raised for an in-memory
+    /// volume (empty path), so the error names the sample's file.
+    pub fn at_path(self, p: &std::path::Path) -> Self {
+        match self {
+            Error::TooLarge { path, what, shape, voxels, bytes, max_voxels, max_bytes }
+                if path.as_os_str().is_empty() =>
+            {
+                Error::TooLarge {
+                    path: p.into(),
+                    what,
+                    shape,
+                    voxels,
+                    bytes,
+                    max_voxels,
+                    max_bytes,
+                }
+            }
+            Error::OutOfMemory { path, what, bytes } if path.as_os_str().is_empty() => {
+                Error::OutOfMemory { path: p.into(), what, bytes }
+            }
+            e => e,
+        }
     }
     /// A [`Error::Dataset`] for `path`.
     pub fn dataset(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {

@@ -9,10 +9,12 @@
 //! [`transforms::Compose`]; datasets ([`dataset`], [`totalseg`], [`phantom`], [`prepare`]) → [`loader::Loader`]
 //! → [`collate::Batch`] (the only place candle appears).
 pub mod affine;
+pub mod check;
 pub mod collate;
 pub mod dataset;
 pub mod error;
 pub mod intensity;
+pub mod limits;
 pub mod loader;
 pub mod nifti_io;
 pub mod phantom;
@@ -23,12 +25,15 @@ mod totalseg_classes;
 pub mod transforms;
 
 pub use affine::Affine;
-pub use collate::{Batch, collate, write_prediction};
+pub use check::{CheckOptions, CheckReport, check_datalist, check_items};
+pub use collate::{Batch, collate, collate_cpu, write_prediction};
 pub use dataset::{DataItem, Datalist, Dataset, NiftiDataset};
 pub use error::{Error, Result};
+pub use limits::Limits;
 pub use loader::{CacheMode, Loader, LoaderConfig, OrderMap, sample_rng};
 pub use nifti_io::{
-    NiftiInfo, WriteOptions, read_info, read_nifti, read_volume, write_volume, write_volume_with,
+    NiftiInfo, WriteOptions, read_info, read_nifti, read_nifti_with, read_volume, write_volume,
+    write_volume_with,
 };
 pub use transforms::{Compose, Meta, Sample, Transform};
 pub use volume::{Dtype, Volume, Voxel};

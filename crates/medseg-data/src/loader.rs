@@ -21,7 +21,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::affine::Affine;
-use crate::collate::{Batch, collate};
+use crate::collate::{Batch, collate_cpu};
 use crate::dataset::Dataset;
 use crate::phantom::mix_seed;
 use crate::transforms::{Compose, Meta, Sample};
@@ -345,7 +345,7 @@ impl Inner {
         for &i in items {
             samples.extend(self.samples(epoch, i)?);
         }
-        collate(&samples, &candle::Device::Cpu)
+        collate_cpu(&samples)
     }
 }
 
@@ -455,10 +455,11 @@ fn read_cached(path: &std::path::Path) -> Result<Sample> {
         *v = f64::from_bits(u64_at(32 + 8 * n));
     }
     let has_label = b[160] == 1;
-    let n: usize = shape.iter().product();
     let mut o = 161;
-    let img_end = o + 4 * n;
-    let lbl_end = img_end + if has_label { n } else { 0 };
+    // Sizes from the file are checked against its length before anything is allocated.
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(bad)?;
+    let img_end = n.checked_mul(4).and_then(|v| v.checked_add(o)).ok_or_else(bad)?;
+    let lbl_end = img_end.checked_add(if has_label { n } else { 0 }).ok_or_else(bad)?;
     if b.len() < lbl_end {
         return Err(bad());
     }
@@ -501,6 +502,7 @@ fn read_cached(path: &std::path::Path) -> Result<Sample> {
             os.get(2).copied().unwrap_or(0),
         ],
         patch_index: 0,
+        warnings: Vec::new(),
     };
     Ok(Sample { image, label, meta })
 }

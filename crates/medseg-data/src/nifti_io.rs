@@ -15,11 +15,12 @@ use flate2::write::GzEncoder;
 use rayon::prelude::*;
 
 use crate::affine::{Affine, qform_linear, qform_quaternion};
+use crate::limits::{Limits, try_filled};
 use crate::volume::{Dtype, Volume, Voxel};
 use crate::{Error, Result};
 
 /// Geometry and encoding facts of a NIfTI file, as found in its header.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NiftiInfo {
     /// Spatial shape `(X, Y, Z)` (`dim[1..=3]`; 2-D files get `Z = 1`).
     pub shape: [usize; 3],
@@ -35,6 +36,10 @@ pub struct NiftiInfo {
     pub qform_code: i16,
     /// Effective scaling `(slope, inter)`; `(1, 0)` when the header's slope is 0 or not finite.
     pub scaling: (f64, f64),
+    /// Header oddities that were repaired rather than refused (a zero or negative `pixdim`, a
+    /// non-unit qform quaternion that the sform overrides), one sentence each naming the file.
+    /// Libraries do not print: binaries print these as `warning: …` lines.
+    pub warnings: Vec<String>,
 }
 
 /// Options for [`write_volume_with`].
@@ -56,15 +61,30 @@ impl Default for WriteOptions {
 
 const HEADER_SIZE: usize = 348;
 
+/// An open NIfTI byte stream.
+struct Stream {
+    r: Box<dyn Read>,
+    /// gzip (detected by its magic bytes): every member's CRC32 and ISIZE are checked when the
+    /// stream is read to its end.
+    gz: bool,
+    /// Length of an uncompressed file (the bytes present are known before reading them).
+    len: Option<u64>,
+}
+
 /// Opens a NIfTI file as a byte stream, decompressing gzip (detected by its magic bytes).
-fn open_stream(path: &Path) -> Result<Box<dyn Read>> {
+fn open_stream(path: &Path) -> Result<Stream> {
     let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut r = std::io::BufReader::with_capacity(1 << 20, f);
     let gz = {
         let buf = std::io::BufRead::fill_buf(&mut r).map_err(|e| Error::io(path, e))?;
         buf.len() >= 2 && buf[0] == 0x1f && buf[1] == 0x8b
     };
-    Ok(if gz { Box::new(MultiGzDecoder::new(r)) } else { Box::new(r) })
+    Ok(if gz {
+        Stream { r: Box::new(MultiGzDecoder::new(r)), gz, len: None }
+    } else {
+        Stream { r: Box::new(r), gz, len: Some(len) }
+    })
 }
 
 /// Reads as many bytes as possible into `buf` (short only at end of stream).
@@ -81,8 +101,8 @@ fn read_full(path: &Path, r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
     Ok(n)
 }
 
-/// Reads the header (and skips to the voxel data).
-fn read_header(path: &Path, r: &mut dyn Read) -> Result<(nifti::NiftiHeader, NiftiInfo)> {
+/// Reads the header and skips to the voxel data; returns the header, its facts and `vox_offset`.
+fn read_header(path: &Path, r: &mut dyn Read) -> Result<(nifti::NiftiHeader, NiftiInfo, usize)> {
     let mut hdr = [0u8; HEADER_SIZE];
     let n = read_full(path, r, &mut hdr)?;
     let (h, info, off) = parse_header(path, &hdr[..n])?;
@@ -90,9 +110,15 @@ fn read_header(path: &Path, r: &mut dyn Read) -> Result<(nifti::NiftiHeader, Nif
     let skipped = std::io::copy(&mut r.take(skip), &mut std::io::sink())
         .map_err(|e| Error::nifti(path, format!("corrupt or truncated stream: {e}")))?;
     if skipped != skip {
-        return Err(Error::nifti(path, format!("truncated before vox_offset {off}")));
+        return Err(Error::nifti(
+            path,
+            format!(
+                "vox_offset {off} is beyond the end of the data ({} bytes)",
+                HEADER_SIZE as u64 + skipped
+            ),
+        ));
     }
-    Ok((h, info))
+    Ok((h, info, off))
 }
 
 fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiInfo, usize)> {
@@ -112,9 +138,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiI
             format!("sizeof_hdr is {first}, expected 348 (not a nifti file)"),
         ));
     }
-    let h = nifti::NiftiHeader::from_reader(&bytes[..HEADER_SIZE])
-        .map_err(|e| Error::nifti(path, format!("unreadable header: {e}")))?;
-    match &h.magic {
+    match &bytes[344..348] {
         b"n+1\0" => {}
         b"ni1\0" => {
             return Err(Error::nifti(
@@ -124,6 +148,17 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiI
         }
         m => return Err(Error::nifti(path, format!("bad magic {m:?}, expected \"n+1\\0\""))),
     }
+    // dim[0] in the byte order of sizeof_hdr (the nifti crate guesses the order from dim[0]).
+    let dim0 = if first == 348 {
+        i16::from_le_bytes([bytes[40], bytes[41]])
+    } else {
+        i16::from_be_bytes([bytes[40], bytes[41]])
+    };
+    if !(1..=7).contains(&dim0) {
+        return Err(Error::nifti(path, format!("dim[0] = {dim0} is not in 1..=7")));
+    }
+    let h = nifti::NiftiHeader::from_reader(&bytes[..HEADER_SIZE])
+        .map_err(|e| Error::nifti(path, format!("unreadable header: {e}")))?;
     let ndim = h.dim[0] as usize;
     if !(1..=7).contains(&ndim) {
         return Err(Error::nifti(path, format!("dim[0] = {ndim} is not in 1..=7")));
@@ -152,8 +187,57 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiI
     if !off.is_finite() || off < 0.0 {
         return Err(Error::nifti(path, format!("invalid vox_offset {off}")));
     }
+    // Saturating cast; a huge offset fails as "beyond the end of the data".
     let off = (off as usize).max(HEADER_SIZE);
     let pixdim = [h.pixdim[1] as f64, h.pixdim[2] as f64, h.pixdim[3] as f64];
+    let mut warnings = Vec::new();
+    let from_pixdim = h.sform_code <= 0;
+    for (a, &p) in pixdim.iter().enumerate().take(ndim.min(3)) {
+        if !p.is_finite() {
+            return Err(Error::nifti(
+                path,
+                format!("pixdim[{}] = {p} is not a finite voxel size", a + 1),
+            ));
+        }
+        if p == 0.0 {
+            warnings.push(format!(
+                "{}: pixdim[{}] is 0{}",
+                path.display(),
+                a + 1,
+                if from_pixdim {
+                    "; 1 mm is used (as nibabel does)"
+                } else {
+                    " (the sform is used)"
+                }
+            ));
+        } else if p < 0.0 && from_pixdim {
+            warnings.push(format!(
+                "{}: pixdim[{}] = {p} is negative; its absolute value is used",
+                path.display(),
+                a + 1
+            ));
+        }
+    }
+    if h.qform_code > 0 {
+        let [b, c, d] = [h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64];
+        let norm2 = b * b + c * c + d * d;
+        // nibabel's `quaternion_threshold`: 1 - (b² + c² + d²) may be below 0 by 3 f32 epsilons.
+        if !norm2.is_finite() || 1.0 - norm2 < -3.0 * f64::from(f32::EPSILON) {
+            let what = format!(
+                "qform quaternion (b, c, d) = ({b}, {c}, {d}) has b² + c² + d² = {norm2} > 1"
+            );
+            if h.sform_code <= 0 {
+                return Err(Error::nifti(
+                    path,
+                    format!("{what}: not a rotation (nibabel refuses it too)"),
+                ));
+            }
+            warnings.push(format!(
+                "{}: {what}; the qform is ignored (the sform is used)",
+                path.display()
+            ));
+        }
+    }
     let affine = best_affine(&h, shape, pixdim);
     if !affine.is_valid() {
         return Err(Error::nifti(path, format!("singular or non-finite affine {:?}", affine.0)));
@@ -173,6 +257,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(nifti::NiftiHeader, NiftiI
         sform_code: h.sform_code,
         qform_code: h.qform_code,
         scaling,
+        warnings,
     };
     Ok((h, info, off))
 }
@@ -197,14 +282,16 @@ fn best_affine(h: &nifti::NiftiHeader, shape: [usize; 3], pixdim: [f64; 3]) -> A
     }
 }
 
-/// Reads only the header of a NIfTI file.
+/// Reads only the header of a NIfTI file (no size limit applies and, for `.nii.gz`, only the
+/// start of the stream is decompressed, so the gzip checksum is not verified).
 pub fn read_info(path: impl AsRef<Path>) -> Result<NiftiInfo> {
     let path = path.as_ref();
-    let mut r = open_stream(path)?;
-    Ok(read_header(path, &mut r)?.1)
+    let mut s = open_stream(path)?;
+    Ok(read_header(path, &mut s.r)?.1)
 }
 
-/// Reads a volume, converting voxels exactly into `T` (after `scl_slope`/`scl_inter`).
+/// Reads a volume, converting voxels exactly into `T` (after `scl_slope`/`scl_inter`), under the
+/// process's size [`Limits`] (defaults, or `MEDSEG_MAX_VOXELS` / `MEDSEG_MAX_BYTES`).
 ///
 /// Integer targets reject NaN, fractional and out-of-range values with [`Error::BadVoxels`];
 /// float targets accept every value.
@@ -212,52 +299,124 @@ pub fn read_volume<T: Voxel>(path: impl AsRef<Path>) -> Result<Volume<T>> {
     Ok(read_nifti(path)?.0)
 }
 
-/// Like [`read_volume`], also returning the header facts.
-///
-/// The voxel data is streamed: blocks of `TILE` k-planes are decompressed, then converted and
-/// reordered from Fortran to C order in parallel, so only the output is held in memory.
+/// Like [`read_volume`], also returning the header facts (including [`NiftiInfo::warnings`]).
 pub fn read_nifti<T: Voxel>(path: impl AsRef<Path>) -> Result<(Volume<T>, NiftiInfo)> {
+    read_nifti_with(path, &Limits::process()?)
+}
+
+/// [`read_nifti`] with explicit size limits.
+///
+/// Guarantees (each failure is an error naming the file, never an abort):
+/// - a volume above `limits` is an [`Error::TooLarge`] before any voxel buffer is allocated;
+/// - memory grows with the data actually present: an uncompressed file's length is checked
+///   against the header before the output is allocated; a gzip stream is read block by block into
+///   buffers that grow as bytes arrive, and the output is allocated only once all of the voxel data
+///   has arrived (peak memory: the raw data plus the output);
+/// - every allocation is reserved with `try_reserve_exact` ([`Error::OutOfMemory`] on failure);
+/// - a `.nii.gz` is decompressed to its end, so the CRC32 and length of every gzip member are
+///   verified (a mismatch is an [`Error::Nifti`]).
+pub fn read_nifti_with<T: Voxel>(
+    path: impl AsRef<Path>,
+    limits: &Limits,
+) -> Result<(Volume<T>, NiftiInfo)> {
     let path = path.as_ref();
-    let mut r = open_stream(path)?;
-    let (h, info) = read_header(path, &mut r)?;
-    let [nx, ny, nz] = info.shape;
-    let n = nx
-        .checked_mul(ny)
-        .and_then(|v| v.checked_mul(nz))
-        .filter(|v| v.checked_mul(info.dtype.size()).is_some())
-        .ok_or_else(|| Error::nifti(path, format!("dimensions {:?} overflow", info.shape)))?;
-    let big = h.endianness == nifti::Endianness::Big;
+    let mut s = open_stream(path)?;
+    let (h, info, off) = read_header(path, &mut s.r)?;
     let size = info.dtype.size();
-    let slab = nx * ny * size; // bytes of one k-plane
-    // Never allocate more than the data actually present: the output grows block by block only
-    // after each block has been read in full.
-    let mut data: Vec<T> = Vec::new();
-    let mut buf = vec![0u8; slab * TILE.min(nz)];
+    let n = limits.check(path, "volume", info.shape, size.max(std::mem::size_of::<T>()))?;
+    let [nx, ny, nz] = info.shape;
+    let big = h.endianness == nifti::Endianness::Big;
+    let slab = nx * ny * size; // bytes of one k-plane (≤ max_bytes, checked above)
+    let total = n * size;
+    let truncated = |have: u64| {
+        Error::nifti(
+            path,
+            format!(
+                "truncated: header promises {n} voxels of {:?} ({total} bytes) after vox_offset {off}, the data has {have} bytes",
+                info.dtype
+            ),
+        )
+    };
+    // An uncompressed file proves its length up front: stream it through one block buffer into
+    // the output. A gzip stream proves nothing until it has been read.
+    let mut data: Option<Vec<T>> = match s.len {
+        Some(len) => {
+            let have = len.saturating_sub(off as u64);
+            if have < total as u64 {
+                return Err(truncated(have));
+            }
+            Some(try_filled(path, "volume", n, T::default())?)
+        }
+        None => None,
+    };
+    let mut pending: Vec<(usize, Vec<u8>)> = Vec::new();
+    let mut reuse: Vec<u8> = Vec::new();
     let mut k0 = 0;
+    let mut have = 0u64;
     while k0 < nz {
         let kb = TILE.min(nz - k0);
         let want = slab * kb;
-        let got = read_full(path, &mut r, &mut buf[..want])?;
-        if got < want {
-            return Err(Error::nifti(
-                path,
-                format!(
-                    "truncated: header promises {n} voxels of {:?} ({} bytes) after vox_offset, stream ends after {}",
-                    info.dtype,
-                    n * size,
-                    k0 * slab + got
-                ),
-            ));
+        let mut buf = std::mem::take(&mut reuse);
+        read_growing(path, &mut s.r, &mut buf, want)?;
+        have += buf.len() as u64;
+        if buf.len() < want {
+            return Err(truncated(have));
         }
-        if data.is_empty() {
-            data = vec![T::default(); n];
+        match &mut data {
+            Some(out) => {
+                decode_block(path, &buf, &info, big, k0, kb, out)?;
+                reuse = buf;
+            }
+            None => pending.push((k0, buf)),
         }
-        decode_block(path, &buf[..want], info, big, k0, kb, &mut data)?;
         k0 += kb;
     }
+    if s.gz {
+        // Read to the end: flate2 checks each member's CRC32 and ISIZE only there.
+        std::io::copy(&mut s.r, &mut std::io::sink()).map_err(|e| {
+            Error::nifti(path, format!("corrupt gzip stream (checked after the voxel data): {e}"))
+        })?;
+    }
+    let data = match data {
+        Some(d) => d,
+        None => {
+            let mut out = try_filled(path, "volume", n, T::default())?;
+            for (k0, buf) in pending {
+                let kb = buf.len() / slab;
+                decode_block(path, &buf, &info, big, k0, kb, &mut out)?;
+            }
+            out
+        }
+    };
     let vol = Volume::new(data, info.shape, info.affine)
         .ok_or_else(|| Error::nifti(path, "internal: decoded length mismatch"))?;
     Ok((vol, info))
+}
+
+/// Reads up to `want` bytes into `buf` (cleared first), growing it only as bytes arrive (doubling
+/// from 1 MiB, never past `want`, each step reserved with `try_reserve_exact`). Short only at the
+/// end of the stream.
+fn read_growing(path: &Path, r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -> Result<()> {
+    buf.clear();
+    while buf.len() < want {
+        if buf.len() == buf.capacity() {
+            let extra = (want - buf.len()).min(buf.len().max(1 << 20));
+            buf.try_reserve_exact(extra).map_err(|_| Error::OutOfMemory {
+                path: path.into(),
+                what: "voxel data".into(),
+                bytes: (buf.len() + extra) as u128,
+            })?;
+        }
+        let start = buf.len();
+        let end = buf.capacity().min(want);
+        buf.resize(end, 0);
+        let got = read_full(path, r, &mut buf[start..end])?;
+        buf.truncate(start + got);
+        if got < end - start {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Converts `kb` k-planes (Fortran order, starting at plane `k0`) into `out` (C order), in parallel
@@ -265,7 +424,7 @@ pub fn read_nifti<T: Voxel>(path: impl AsRef<Path>) -> Result<(Volume<T>, NiftiI
 fn decode_block<T: Voxel>(
     path: &Path,
     raw: &[u8],
-    info: NiftiInfo,
+    info: &NiftiInfo,
     big: bool,
     k0: usize,
     kb: usize,
@@ -307,7 +466,7 @@ type BadVoxel = (usize, usize, usize, f64);
 
 fn decode_block_with<T: Voxel, const S: usize>(
     raw: &[u8],
-    info: NiftiInfo,
+    info: &NiftiInfo,
     k0: usize,
     kb: usize,
     out: &mut [T],

@@ -3,9 +3,12 @@
 //!
 //! Every function returns a volume whose affine is updated so that world coordinates of the
 //! data are preserved (`new_affine = old_affine · M`, where `M` maps new voxel indices to old ones).
+use std::path::Path;
+
 use rayon::prelude::*;
 
 use crate::affine::{Affine, Ornt, axcodes_to_ornt, cholesky_upper, mat3_inverse};
+use crate::limits::alloc_volume;
 use crate::volume::Volume;
 use crate::{Error, Result};
 
@@ -131,10 +134,17 @@ pub fn rot90<T: Copy>(vol: &Volume<T>, k: u32, axes: (usize, usize)) -> Volume<T
 }
 
 /// Crops the box `[start, start + size)` (may extend outside the volume; outside reads `fill`).
-pub fn crop<T: Copy>(vol: &Volume<T>, start: [isize; 3], size: [usize; 3], fill: T) -> Volume<T> {
+///
+/// `size` is checked against the process size limits ([`crate::limits`]) before it is allocated.
+pub fn crop<T: Copy>(
+    vol: &Volume<T>,
+    start: [isize; 3],
+    size: [usize; 3],
+    fill: T,
+) -> Result<Volume<T>> {
     let shape = vol.shape();
     let src = vol.data();
-    let mut data = vec![fill; size.iter().product()];
+    let mut data = alloc_volume("crop", size, fill)?;
     // In-bounds ranges of the new index per axis.
     let lo: [usize; 3] = std::array::from_fn(|d| (-start[d]).clamp(0, size[d] as isize) as usize);
     let hi: [usize; 3] = std::array::from_fn(|d| {
@@ -155,15 +165,16 @@ pub fn crop<T: Copy>(vol: &Volume<T>, start: [isize; 3], size: [usize; 3], fill:
     }
     let t = [start[0] as f64, start[1] as f64, start[2] as f64];
     let affine = vol.affine.matmul(&Affine::translation(t));
-    Volume::new(data, size, affine).unwrap_or_else(|| unreachable!("crop allocates size"))
+    Volume::new(data, size, affine)
+        .ok_or_else(|| Error::InvalidArgument("internal: crop length mismatch".into()))
 }
 
 /// MONAI `SpatialPad(spatial_size, method="symmetric")`: pads each axis smaller than `size` with
 /// `fill`, `(size - n) / 2` before and the rest after. Larger axes are left alone.
-pub fn spatial_pad<T: Copy>(vol: &Volume<T>, size: [usize; 3], fill: T) -> Volume<T> {
+pub fn spatial_pad<T: Copy>(vol: &Volume<T>, size: [usize; 3], fill: T) -> Result<Volume<T>> {
     let shape = vol.shape();
     if (0..3).all(|d| shape[d] >= size[d]) {
-        return vol.clone();
+        return Ok(vol.clone());
     }
     let new: [usize; 3] = std::array::from_fn(|d| shape[d].max(size[d]));
     let start: [isize; 3] = std::array::from_fn(|d| -(((new[d] - shape[d]) / 2) as isize));
@@ -171,7 +182,11 @@ pub fn spatial_pad<T: Copy>(vol: &Volume<T>, size: [usize; 3], fill: T) -> Volum
 }
 
 /// Centre crop / symmetric pad to `size` (MONAI `ResizeWithPadOrCrop`, constant padding).
-pub fn resize_with_pad_or_crop<T: Copy>(vol: &Volume<T>, size: [usize; 3], fill: T) -> Volume<T> {
+pub fn resize_with_pad_or_crop<T: Copy>(
+    vol: &Volume<T>,
+    size: [usize; 3],
+    fill: T,
+) -> Result<Volume<T>> {
     let shape = vol.shape();
     let start: [isize; 3] = std::array::from_fn(|d| {
         if shape[d] >= size[d] {
@@ -413,10 +428,13 @@ where
         Error::InvalidArgument(format!("singular source affine {:?}", src.affine.0))
     })?;
     let m = inv.matmul(dst_affine);
-    Ok(warp(src, &m, dst_shape, *dst_affine, interp, pad, cast))
+    warp(src, &m, dst_shape, *dst_affine, interp, pad, cast)
 }
 
 /// Output voxel `q` reads `src` at `m · q` (voxel → voxel affine); the result gets `out_affine`.
+///
+/// `out_shape` is checked against the process size limits ([`crate::limits`]) before it is
+/// allocated.
 pub fn warp<T, U>(
     src: &Volume<T>,
     m: &Affine,
@@ -425,13 +443,13 @@ pub fn warp<T, U>(
     interp: Interp,
     pad: Padding,
     cast: impl Fn(f64) -> U + Sync,
-) -> Volume<U>
+) -> Result<Volume<U>>
 where
     T: Copy + Into<f64> + Sync,
     U: Copy + Send + Default,
 {
-    let [nx, ny, nz] = out_shape;
-    let mut data = vec![U::default(); nx * ny * nz];
+    let [_, ny, nz] = out_shape;
+    let mut data = alloc_volume("resampled grid", out_shape, U::default())?;
     if !data.is_empty() {
         data.par_chunks_mut(ny * nz).enumerate().for_each(|(i, slab)| {
             for j in 0..ny {
@@ -449,7 +467,7 @@ where
         });
     }
     Volume::new(data, out_shape, out_affine)
-        .unwrap_or_else(|| unreachable!("warp allocates out_shape"))
+        .ok_or_else(|| Error::InvalidArgument("internal: warp length mismatch".into()))
 }
 
 /// MONAI `Spacing(pixdim)` on an image (trilinear, border padding), computed in f64.
@@ -557,6 +575,9 @@ pub fn zoom<T: Copy + Into<f64>>(
             "zoom {factor:?} of shape {shape:?} gives {out:?}"
         )));
     }
+    // The f64 working buffers hold at most max(shape, out) per axis.
+    let work: [usize; 3] = std::array::from_fn(|d| shape[d].max(out[d]));
+    crate::limits::Limits::process()?.check(Path::new(""), "zoomed grid", work, 8)?;
     let mut buf: Vec<f64> = vol.data().iter().map(|&v| v.into()).collect();
     let mut cur = shape;
     for axis in 0..3 {

@@ -30,6 +30,9 @@ pub struct Meta {
     pub original_shape: [usize; 3],
     /// Index of the crop among the `num_samples` drawn from one volume (0 otherwise).
     pub patch_index: usize,
+    /// Header warnings of the image and label files ([`crate::NiftiInfo::warnings`]); binaries
+    /// print them. Not kept by the disk cache.
+    pub warnings: Vec<String>,
 }
 
 /// One training/validation item: a single-channel f32 image, an optional u8 label map on the same grid.
@@ -79,15 +82,17 @@ impl Sample {
         self.meta.image_path.clone().unwrap_or_default()
     }
 
-    /// Applies one geometric function to the image and the label.
+    /// Applies one geometric function to the image and the label (a size-limit error names the
+    /// sample's image file).
     pub fn map_spatial(
         mut self,
         f_img: impl FnOnce(&Volume<f32>) -> Result<Volume<f32>>,
         f_lbl: impl FnOnce(&Volume<u8>) -> Result<Volume<u8>>,
     ) -> Result<Sample> {
-        self.image = f_img(&self.image)?;
+        let path = self.path();
+        self.image = f_img(&self.image).map_err(|e| e.at_path(&path))?;
         if let Some(l) = &self.label {
-            self.label = Some(f_lbl(l)?);
+            self.label = Some(f_lbl(l).map_err(|e| e.at_path(&path))?);
         }
         Ok(self)
     }
@@ -243,10 +248,7 @@ impl Transform for CropForeground {
         ) else {
             return Ok(s);
         };
-        s.map_spatial(
-            |v| Ok(spatial::crop(v, start, size, 0.0)),
-            |v| Ok(spatial::crop(v, start, size, 0)),
-        )
+        s.map_spatial(|v| spatial::crop(v, start, size, 0.0), |v| spatial::crop(v, start, size, 0))
     }
 }
 
@@ -260,10 +262,7 @@ pub struct SpatialPad {
 impl Transform for SpatialPad {
     fn apply(&self, s: Sample, _rng: &mut dyn RngCore) -> Result<Sample> {
         let z = self.size;
-        s.map_spatial(
-            |v| Ok(spatial::spatial_pad(v, z, 0.0)),
-            |v| Ok(spatial::spatial_pad(v, z, 0)),
-        )
+        s.map_spatial(|v| spatial::spatial_pad(v, z, 0.0), |v| spatial::spatial_pad(v, z, 0))
     }
 }
 
@@ -441,10 +440,10 @@ fn keep_size<T: Copy + Into<f64> + Sync + Send + Default>(
     v: &Volume<T>,
     orig: [usize; 3],
     cast: impl Fn(f64) -> T + Sync,
-) -> Volume<T> {
+) -> Result<Volume<T>> {
     let shape = v.shape();
     if shape == orig {
-        return v.clone();
+        return Ok(v.clone());
     }
     // Centre crop or symmetric pad with edge replication: nearest sampling with border padding
     // at integer offsets.
@@ -468,13 +467,11 @@ impl Transform for RandZoom {
         let orig = s.image.shape();
         let mode = self.image_mode;
         s.map_spatial(
-            |v| Ok(keep_size(&spatial::zoom(v, [z; 3], mode, |x| x as f32)?, orig, |x| x as f32)),
+            |v| keep_size(&spatial::zoom(v, [z; 3], mode, |x| x as f32)?, orig, |x| x as f32),
             |v| {
-                Ok(keep_size(
-                    &spatial::zoom(v, [z; 3], ZoomMode::Nearest, |x| x as u8)?,
-                    orig,
-                    |x| x as u8,
-                ))
+                keep_size(&spatial::zoom(v, [z; 3], ZoomMode::Nearest, |x| x as u8)?, orig, |x| {
+                    x as u8
+                })
             },
         )
     }
@@ -530,16 +527,8 @@ impl Transform for RandAffine {
         let m = spatial::centred_affine(shape, p.angles, p.scale, p.translate);
         let pad = self.padding;
         s.map_spatial(
-            |v| {
-                Ok(spatial::warp(v, &m, shape, v.affine.matmul(&m), Interp::Linear, pad, |x| {
-                    x as f32
-                }))
-            },
-            |v| {
-                Ok(spatial::warp(v, &m, shape, v.affine.matmul(&m), Interp::Nearest, pad, |x| {
-                    x as u8
-                }))
-            },
+            |v| spatial::warp(v, &m, shape, v.affine.matmul(&m), Interp::Linear, pad, |x| x as f32),
+            |v| spatial::warp(v, &m, shape, v.affine.matmul(&m), Interp::Nearest, pad, |x| x as u8),
         )
     }
     fn is_random(&self) -> bool {
@@ -639,8 +628,8 @@ impl Transform for RandCropByPosNegLabel {
         let path = s.path();
         let size = self.size;
         let s = s.map_spatial(
-            |v| Ok(spatial::spatial_pad(v, size, 0.0)),
-            |v| Ok(spatial::spatial_pad(v, size, 0)),
+            |v| spatial::spatial_pad(v, size, 0.0),
+            |v| spatial::spatial_pad(v, size, 0),
         )?;
         let label = s.label.as_ref().ok_or_else(|| Error::Transform {
             path: path.clone(),
@@ -650,20 +639,24 @@ impl Transform for RandCropByPosNegLabel {
             path: path.clone(),
             reason: "no foreground or background voxel to centre a crop on".into(),
         })?;
-        let out = starts
+        starts
             .into_iter()
             .enumerate()
             .map(|(n, st)| {
                 let mut meta = s.meta.clone();
                 meta.patch_index = n;
-                Sample {
-                    image: spatial::crop(&s.image, st, size, 0.0),
-                    label: s.label.as_ref().map(|l| spatial::crop(l, st, size, 0)),
+                Ok(Sample {
+                    image: spatial::crop(&s.image, st, size, 0.0).map_err(|e| e.at_path(&path))?,
+                    label: s
+                        .label
+                        .as_ref()
+                        .map(|l| spatial::crop(l, st, size, 0))
+                        .transpose()
+                        .map_err(|e| e.at_path(&path))?,
                     meta,
-                }
+                })
             })
-            .collect();
-        Ok(out)
+            .collect()
     }
     fn is_random(&self) -> bool {
         true
@@ -688,19 +681,25 @@ impl Transform for RandSpatialCropSamples {
     fn apply_multi(&self, s: Sample, rng: &mut dyn RngCore) -> Result<Vec<Sample>> {
         let size = self.size;
         let s = s.map_spatial(
-            |v| Ok(spatial::spatial_pad(v, size, 0.0)),
-            |v| Ok(spatial::spatial_pad(v, size, 0)),
+            |v| spatial::spatial_pad(v, size, 0.0),
+            |v| spatial::spatial_pad(v, size, 0),
         )?;
         let shape = s.image.shape();
-        let mut out = Vec::with_capacity(self.num_samples);
+        let path = s.path();
+        let mut out = Vec::new();
         for n in 0..self.num_samples.max(1) {
             let st: [isize; 3] =
                 std::array::from_fn(|d| rng.random_range(0..=shape[d] - size[d]) as isize);
             let mut meta = s.meta.clone();
             meta.patch_index = n;
             out.push(Sample {
-                image: spatial::crop(&s.image, st, size, 0.0),
-                label: s.label.as_ref().map(|l| spatial::crop(l, st, size, 0)),
+                image: spatial::crop(&s.image, st, size, 0.0).map_err(|e| e.at_path(&path))?,
+                label: s
+                    .label
+                    .as_ref()
+                    .map(|l| spatial::crop(l, st, size, 0))
+                    .transpose()
+                    .map_err(|e| e.at_path(&path))?,
                 meta,
             });
         }

@@ -197,7 +197,8 @@ fn spatial_pad_and_crops_keep_world_coordinates() {
             s.label.as_ref().expect("l").at(idx[0], idx[1], idx[2])
         );
     }
-    let c = medseg_data::spatial::resize_with_pad_or_crop(&s.image, [8, 12, 8], -1.0);
+    let c =
+        medseg_data::spatial::resize_with_pad_or_crop(&s.image, [8, 12, 8], -1.0).expect("resize");
     assert_eq!(c.shape(), [8, 12, 8]);
     assert_eq!(
         c.at(0, 1, 0),
