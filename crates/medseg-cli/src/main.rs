@@ -1,11 +1,12 @@
 //! `medseg`: the command-line entry point, one module per subcommand: `predict` (NIfTI in, label
 //! map on the input grid out), `eval` (folders of predictions vs ground truth), `train` (the same
-//! as `cargo xtask train`, from `medseg_train::cli`) and `forward` (debugging ports against
-//! PyTorch).
+//! as `cargo xtask train`, from `medseg_train::cli`), `check-data` (the training data pre-flight
+//! check alone) and `forward` (debugging ports against PyTorch).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check_data;
 mod eval;
 mod forward;
 mod predict;
@@ -26,6 +27,8 @@ enum Command {
     Eval(eval::Args),
     /// Train a network from a TOML config or preset (the same as `cargo xtask train`).
     Train(medseg_train::cli::TrainArgs),
+    /// Check a training config's datalist (headers, label grids and values) without training.
+    CheckData(check_data::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => medseg_train::cli::run(args),
+        Command::CheckData(args) => check_data::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };
     // One line per error: the context chain, outermost first (no backtrace dump).

@@ -427,6 +427,9 @@ impl Predictor {
         let start = Instant::now();
         let id = case_id(&job.input);
         let sample = load_sample(&DataItem::new(&job.input, None), None, 1e-3)?;
+        for w in &sample.meta.warnings {
+            log(format!("warning: {w}"));
+        }
         self.log_geometry(&id, &sample.image, log);
         let mut rng = sample_rng(0, 0, 0);
         let sample =

@@ -115,7 +115,11 @@ pub enum Error {
         bytes: u128,
     },
     /// The pre-flight check of a datalist found bad items (all of them are listed).
-    #[error("{path}: {} of {checked} data files failed the pre-flight check:\n{}", problems.len(), problems.join("\n"))]
+    #[error(
+        "{path}: the pre-flight check found {} problem(s) in {checked} items:\n{}",
+        problems.len(),
+        problems.join("\n")
+    )]
     CheckFailed {
         /// The datalist (or data folder).
         path: PathBuf,

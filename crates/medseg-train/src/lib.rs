@@ -28,4 +28,4 @@ pub use sliding_window::{
     BlendMode, BlendedSlice, SlidingWindowConfig, sliding_window_argmax, sliding_window_inference,
     sliding_window_stream,
 };
-pub use trainer::{RunOptions, RunOutcome, Trainer, device_from_str};
+pub use trainer::{RunOptions, RunOutcome, Trainer, check_data, device_from_str};

@@ -111,6 +111,28 @@ pub fn device_from_str(s: &str) -> Result<Device> {
     }
 }
 
+/// The pre-flight data check, run before step 1 and by `medseg check-data`: `model.out_channels`
+/// against the datalist's `labels`, then every training and validation item (headers, label grid,
+/// label values `< out_channels`, the `data.roi` crop against the size limits; see
+/// `medseg_data::check`), with one error listing every bad item. The label passes are cached in
+/// `.medseg-check-cache.json` beside the datalist.
+pub fn check_data(plan: &TrainPlan, dl: &Datalist) -> Result<medseg_data::CheckReport> {
+    let cfg = &plan.config;
+    let nc = cfg.model.out_channels();
+    if let Some(n) = dl.num_classes()
+        && n as usize != nc
+    {
+        return Err(Error::Config(format!(
+            "model.out_channels ({nc}) differs from the {n} labels of {}",
+            plan.datalist.display()
+        )));
+    }
+    let mut opts = medseg_data::CheckOptions::new(Some(nc as u32));
+    opts.roi = Some(cfg.data.roi);
+    opts.cache = Some(medseg_data::check::default_cache_path(&plan.datalist));
+    Ok(medseg_data::check_datalist(&plan.datalist, dl, &opts)?)
+}
+
 fn loaders(
     plan: &TrainPlan,
     run_dir: &Path,
@@ -134,13 +156,11 @@ fn loaders(
     }
     let dl = Datalist::from_json(&plan.datalist)?;
     let nc = cfg.model.out_channels();
-    if let Some(n) = dl.num_classes()
-        && n as usize != nc
-    {
-        return Err(Error::Config(format!(
-            "model.out_channels ({nc}) differs from the {n} labels of {}",
-            plan.datalist.display()
-        )));
+    let report = check_data(plan, &dl)?;
+    if world.is_writer() {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
     }
     if dl.training.is_empty() || dl.validation.is_empty() {
         return Err(Error::Config(format!(

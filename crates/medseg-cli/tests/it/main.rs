@@ -3,6 +3,9 @@
 // Shared fixtures: tiny run folder with random weights, synthetic CT on any grid.
 mod util;
 
+// `medseg check-data` and the pre-flight check of `medseg train`.
+mod check_data;
+
 // `medseg forward`: config + weights + input → output equals the in-process model.
 mod forward;
 

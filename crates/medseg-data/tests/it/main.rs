@@ -1,5 +1,7 @@
 //! Integration tests of medseg-data (one binary; see the modules below).
 
+/// The pre-flight data check.
+mod check;
 /// Paths and golden-file helpers.
 mod common;
 /// Datasets, phantom, loader, collate.
