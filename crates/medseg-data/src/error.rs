@@ -92,13 +92,13 @@ pub enum Error {
         /// The file (empty for an in-memory volume without a source file).
         path: PathBuf,
         /// What was to be allocated ("volume", "crop", "resampled grid", …).
-        what: String,
+        what: &'static str,
         /// Its shape.
         shape: [usize; 3],
-        /// Its voxel count.
-        voxels: u128,
-        /// Its size in bytes.
-        bytes: u128,
+        /// Its voxel count (saturated at `u64::MAX`).
+        voxels: u64,
+        /// Its size in bytes (saturated at `u64::MAX`).
+        bytes: u64,
         /// The voxel limit it exceeds.
         max_voxels: u64,
         /// The byte limit it exceeds.
@@ -110,9 +110,9 @@ pub enum Error {
         /// The file the allocation is for (empty when none).
         path: PathBuf,
         /// What was to be allocated.
-        what: String,
-        /// The size asked for.
-        bytes: u128,
+        what: &'static str,
+        /// The size asked for (saturated at `u64::MAX`).
+        bytes: u64,
     },
     /// The pre-flight check of a datalist found bad items (all of them are listed).
     #[error(

@@ -77,16 +77,16 @@ impl Limits {
     pub fn check(
         &self,
         path: &Path,
-        what: &str,
+        what: &'static str,
         shape: [usize; 3],
         elem_size: usize,
     ) -> Result<usize> {
-        let voxels = shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128));
-        let bytes = voxels.saturating_mul(elem_size as u128);
-        if voxels > u128::from(self.max_voxels) || bytes > u128::from(self.max_bytes) {
+        let voxels = shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64));
+        let bytes = voxels.saturating_mul(elem_size as u64);
+        if voxels > self.max_voxels || bytes > self.max_bytes {
             return Err(Error::TooLarge {
                 path: path.into(),
-                what: what.into(),
+                what,
                 shape,
                 voxels,
                 bytes,
@@ -97,7 +97,7 @@ impl Limits {
         // Fits in usize: bounded by the limits (u64) and, for the caller's allocation, by isize.
         usize::try_from(voxels).map_err(|_| Error::TooLarge {
             path: path.into(),
-            what: what.into(),
+            what,
             shape,
             voxels,
             bytes,
@@ -109,26 +109,26 @@ impl Limits {
 
 /// A `Vec` of `n` copies of `fill`, reserved with `try_reserve_exact` (an [`Error::OutOfMemory`]
 /// instead of an abort).
-pub fn try_filled<T: Clone>(path: &Path, what: &str, n: usize, fill: T) -> Result<Vec<T>> {
+pub fn try_filled<T: Clone>(path: &Path, what: &'static str, n: usize, fill: T) -> Result<Vec<T>> {
     let mut v = try_with_capacity(path, what, n)?;
     v.resize(n, fill);
     Ok(v)
 }
 
 /// An empty `Vec` with room for `n` elements, reserved with `try_reserve_exact`.
-pub fn try_with_capacity<T>(path: &Path, what: &str, n: usize) -> Result<Vec<T>> {
+pub fn try_with_capacity<T>(path: &Path, what: &'static str, n: usize) -> Result<Vec<T>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
         path: path.into(),
-        what: what.into(),
-        bytes: (n as u128) * std::mem::size_of::<T>() as u128,
+        what,
+        bytes: (n as u64).saturating_mul(std::mem::size_of::<T>() as u64),
     })?;
     Ok(v)
 }
 
 /// Checks `shape` against the process limits ([`Limits::process`]) and allocates it filled with
 /// `fill`: the allocation path of every volume whose size comes from a config or a header.
-pub fn alloc_volume<T: Clone>(what: &str, shape: [usize; 3], fill: T) -> Result<Vec<T>> {
+pub fn alloc_volume<T: Clone>(what: &'static str, shape: [usize; 3], fill: T) -> Result<Vec<T>> {
     let n = Limits::process()?.check(Path::new(""), what, shape, std::mem::size_of::<T>())?;
     try_filled(Path::new(""), what, n, fill)
 }

@@ -403,8 +403,8 @@ fn read_growing(path: &Path, r: &mut dyn Read, buf: &mut Vec<u8>, want: usize) -
             let extra = (want - buf.len()).min(buf.len().max(1 << 20));
             buf.try_reserve_exact(extra).map_err(|_| Error::OutOfMemory {
                 path: path.into(),
-                what: "voxel data".into(),
-                bytes: (buf.len() + extra) as u128,
+                what: "voxel data",
+                bytes: (buf.len() + extra) as u64,
             })?;
         }
         let start = buf.len();
