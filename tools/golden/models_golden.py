@@ -3,6 +3,12 @@
 Run: ~/.venvs/ref/bin/python tools/golden/models_golden.py
 Needs torch 2.15, monai 1.6.1, safetensors, numpy, einops and soft-moe-pytorch==0.1.9
 (lucidrains; its DynamicSlotsSoftMoE is the file Swin SMT vendors).
+Optional arguments: the case names to regenerate (default: all).
+
+Swin SMT has two `moe_padding` modes when a stage's token count is not a multiple of E:
+"masked" runs soft-moe-pytorch 0.1.9 (padding tokens masked out), "official" the forward of the
+copy bundled with the official Swin SMT code (`dynamic_slots_class`; padding tokens take part).
+`moe_dyn_e3_*` hold one such module (input, output, all gradients) for both modes.
 
 Weights and inputs are not stored: both sides generate them from the same counter-based
 splitmix64 formula
@@ -84,6 +90,65 @@ def legacy_patch_merging_forward(self, x):
     return self.reduction(self.norm(x))
 
 
+def dynamic_slots_class(padding: str):
+    """The DynamicSlotsSoftMoE of a `moe_padding` value: "masked" is soft-moe-pytorch 0.1.9 from
+    PyPI, "official" the copy bundled with the official Swin SMT code (`OfficialDynamicSlotsSoftMoE`)."""
+    from soft_moe_pytorch import DynamicSlotsSoftMoE
+
+    if padding == "masked":
+        return DynamicSlotsSoftMoE
+    if padding != "official":
+        raise ValueError(f"moe_padding {padding!r}: expected 'official' or 'masked'")
+
+    from einops import rearrange
+    from soft_moe_pytorch.soft_moe_with_dynamic_slots import pad_to_multiple
+
+    class OfficialDynamicSlotsSoftMoE(DynamicSlotsSoftMoE):
+        """`DynamicSlotsSoftMoE.forward` as in MI2DataLab/SwinSMT @ f36f1fc
+        `src/models/soft_moe/soft_moe_with_dynamic_slots.py` (sequence input only; the module
+        structure and state-dict keys are soft-moe-pytorch's, which are identical).
+
+        The one difference from soft-moe-pytorch 0.1.9: upstream pads `x` to a multiple of E and
+        only then builds `mask = torch.ones(x.shape[:2])`, i.e. of the *padded* length, so the
+        mask is all True and the following `pad_to_multiple(mask, ...)` pads nothing. The zero
+        padding tokens therefore count in every group mean (each group divides by E) and take
+        part in the dispatch softmax over tokens; only the output rows are cropped."""
+
+        def forward(self, x, mask=None):
+            seq_len, num_experts = x.shape[-2], self.num_experts
+            x = self.norm(x)
+            is_padded, x = pad_to_multiple(x, num_experts, dim=-2)
+            if is_padded:
+                if mask is None:
+                    mask = torch.ones(x.shape[:2], device=x.device, dtype=torch.bool)  # padded length
+                _, mask = pad_to_multiple(mask, num_experts, dim=-1, value=False)
+            x_segmented = rearrange(x, "b (n e) d -> b n e d", e=num_experts)
+            if mask is not None:
+                segmented_mask = rearrange(mask, "b (n e) -> b n e", e=num_experts)
+                x_segmented = x_segmented.masked_fill(~segmented_mask[..., None], 0.0)
+                num = x_segmented.sum(dim=2)
+                den = segmented_mask.float().sum(dim=2, keepdim=True).clamp(min=1e-5)
+                x_consecutive_mean = num / den
+                slots_mask = segmented_mask.any(dim=-1)
+            else:
+                x_consecutive_mean = x_segmented.mean(dim=2)
+            slot_embeds = self.to_slot_embeds(x_consecutive_mean)
+            logits = torch.einsum("b n d, b e s d -> b n e s", x, slot_embeds)
+            if mask is not None:
+                big = -torch.finfo(logits.dtype).max
+                logits = logits.masked_fill(~mask[:, :, None, None], big)
+                logits = logits.masked_fill(~slots_mask[:, None, None, :], big)
+            dispatch_weights = logits.softmax(dim=1)
+            combine_weights = rearrange(logits, "b n e s -> b n (e s)").softmax(dim=-1)
+            slots = torch.einsum("b n d, b n e s -> e b s d", x, dispatch_weights)
+            out = torch.stack([expert(s) for s, expert in zip(slots, self.experts)])
+            out = rearrange(out, "e b s d -> b (e s) d")
+            out = torch.einsum("b s d, b n s -> b n d", out, combine_weights)
+            return out[:, :seq_len]
+
+    return OfficialDynamicSlotsSoftMoE
+
+
 def smt_forward_part2(self, x):
     """Swin SMT `forward_part2`: the MoE sees the whole unpadded stage volume as a sequence."""
     b, d, h, w, c = x.shape
@@ -92,23 +157,37 @@ def smt_forward_part2(self, x):
     return self.drop_path(y.reshape(b, d, h, w, c))
 
 
+SMT_KEYS = ("merge_order", "use_moe", "num_layers_with_moe", "num_experts", "moe_padding")
+
+
+def resolved_merge_order(cfg: dict):
+    """medseg's `SwinUnetrConfig::resolved_merge_order`: the config's value, else "v2" for
+    "mergingv2", else "legacy" for Swin SMT (its code vendors the pre-1.5 `PatchMerging`), else
+    MONAI 1.6.1's "fixed"."""
+    if cfg.get("merge_order"):
+        return cfg["merge_order"]
+    if cfg.get("downsample") == "mergingv2":
+        return "v2"
+    return "legacy" if cfg.get("use_moe") else "fixed"
+
+
 def build_structure(cfg: dict):
     """The architecture of `cfg` (MONAI argument names + merge_order / use_moe / num_layers_with_moe /
-    num_experts) with PyTorch's default initialisation; also used by tools/bench/train_monai.py."""
-    kwargs = {k: v for k, v in cfg.items() if k not in ("merge_order", "use_moe", "num_layers_with_moe", "num_experts")}
+    num_experts / moe_padding, resolved as medseg resolves them) with PyTorch's default
+    initialisation; also used by tools/bench/train_monai.py."""
+    kwargs = {k: v for k, v in cfg.items() if k not in SMT_KEYS}
     model = su.SwinUNETR(**kwargs)
-    if cfg.get("merge_order") == "legacy":
+    if resolved_merge_order(cfg) == "legacy":
         for name in ("layers1", "layers2", "layers3", "layers4"):
             ds = getattr(model.swinViT, name)[0].downsample
             ds.forward = types.MethodType(legacy_patch_merging_forward, ds)
     if cfg.get("use_moe"):
-        from soft_moe_pytorch import DynamicSlotsSoftMoE
-
+        moe_class = dynamic_slots_class(cfg.get("moe_padding", "official"))
         n_moe = cfg.get("num_layers_with_moe", 2)
         for i, name in enumerate(("layers1", "layers2", "layers3", "layers4")):
             if 4 - i <= n_moe:
                 for blk in getattr(model.swinViT, name)[0].blocks:
-                    blk.mlp = DynamicSlotsSoftMoE(blk.dim, num_experts=cfg["num_experts"], expert_mult=4)
+                    blk.mlp = moe_class(blk.dim, num_experts=cfg["num_experts"], expert_mult=4)
                     blk.forward_part2 = types.MethodType(smt_forward_part2, blk)
     return model
 
@@ -256,12 +335,56 @@ def run_case(name: str, cfg: dict, shape):
     for k in GRAD_KEYS:
         if k in params and params[k].grad is not None:
             tensors["grad." + k] = params[k].grad.detach().float().contiguous()
-    meta = {"config": json.dumps(cfg), "merge_order": cfg.get("merge_order", "")}
+    meta = {"config": json.dumps(cfg), "merge_order": resolved_merge_order(cfg)}
     path = os.path.join(OUT, f"{name}.safetensors")
     save_file(tensors, path, metadata=meta)
     print(f"{name}: out {tuple(out.shape)} sum {out.sum().item():.6f} loss {loss.item():.6f} "
           f"grads {sum(1 for k in tensors if k.startswith('grad.'))} -> {os.path.getsize(path)} bytes")
     return model
+
+
+MOE_DIM, MOE_TOKENS, MOE_EXPERTS, MOE_BATCH = 24, 10, 3, 2
+
+
+def run_moe_case(name: str, padding: str):
+    """One DynamicSlotsSoftMoE (dim 24, E = 3, 10 tokens -> 2 zero padding tokens, batch 2) in
+    float64 with formula weights under the prefix `mlp.`: the output, and the gradients of
+    L = sum(out * cos(0.05 i)) for the input and every parameter. Metadata: `moe_padding`,
+    `dim`, `num_experts`."""
+    from safetensors.torch import save_file
+
+    model = dynamic_slots_class(padding)(MOE_DIM, num_experts=MOE_EXPERTS, expert_mult=4)
+    model.load_state_dict({k: formula("mlp." + k, tuple(v.shape)) for k, v in model.state_dict().items()})
+    model = model.double()
+    model.train(False)
+    x = input_formula((MOE_BATCH, MOE_TOKENS, MOE_DIM)).double().requires_grad_(True)
+    out = model(x)
+    loss = (out * torch.cos(0.05 * torch.arange(out.numel(), dtype=torch.float64)).reshape(out.shape)).sum()
+    loss.backward()
+    tensors = {
+        "input": x.detach().float().contiguous(),
+        "out": out.detach().float().contiguous(),
+        "loss": loss.detach().reshape(1).float(),
+        "grad.input": x.grad.detach().float().contiguous(),
+    }
+    for k, p in model.named_parameters():
+        tensors["grad.mlp." + k] = p.grad.detach().float().contiguous()
+    meta = {"moe_padding": padding, "dim": str(MOE_DIM), "num_experts": str(MOE_EXPERTS)}
+    path = os.path.join(OUT, f"{name}.safetensors")
+    save_file(tensors, path, metadata=meta)
+    print(f"{name}: out {tuple(out.shape)} loss {loss.item():.6f} -> {os.path.getsize(path)} bytes")
+
+
+def report_padding_difference():
+    """The two E = 3 Swin SMT goldens must differ well above the 1e-4 test tolerance."""
+    from safetensors.torch import load_file
+
+    a = load_file(os.path.join(OUT, "smt_e3_fs12_padded.safetensors"))
+    b = load_file(os.path.join(OUT, "smt_e3_fs12_official.safetensors"))
+    diff = (a["out_sub"] - b["out_sub"]).abs().max().item()
+    print(f"smt_e3 official vs masked: out_sub max-abs difference {diff:.3e}")
+    if diff <= 1e-4:
+        raise SystemExit("the E = 3 case no longer separates the two MoE paddings")
 
 
 def dump_keys(name: str, model):
@@ -279,7 +402,7 @@ def count(cfg):
 
 
 def build_count(cfg):
-    kwargs = {k: v for k, v in cfg.items() if k not in ("merge_order", "use_moe", "num_layers_with_moe", "num_experts")}
+    kwargs = {k: v for k, v in cfg.items() if k not in SMT_KEYS}
     return su.SwinUNETR(**kwargs)
 
 
@@ -292,16 +415,27 @@ def main():
         ("fs12_v2_mergingv2", dict(base, use_v2=True, downsample="mergingv2", merge_order="v2"), (1, 1, 32, 32, 64)),
         ("fs12_noncubic_2ch", dict(base, in_channels=2, merge_order="fixed"), (1, 2, 32, 64, 32)),
         ("smt_e4_fs12", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=4), (1, 1, 64, 32, 32)),
-        ("smt_e3_fs12_padded", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=3), (1, 1, 64, 32, 32)),
+        # E = 3 at 64x32x32: 1024, 128 and 16 stage tokens, none a multiple of 3, so the two MoE
+        # paddings differ. "masked" = soft-moe-pytorch 0.1.9; the official case leaves merge_order
+        # and moe_padding out, so it also pins the Swin SMT defaults (legacy, official).
+        ("smt_e3_fs12_padded", dict(base, merge_order="legacy", use_moe=True, num_layers_with_moe=3, num_experts=3,
+                                    moe_padding="masked"), (1, 1, 64, 32, 32)),
+        ("smt_e3_fs12_official", dict(base, use_moe=True, num_layers_with_moe=3, num_experts=3), (1, 1, 64, 32, 32)),
     ]
     models = {}
     only = sys.argv[1:]  # optional case names to regenerate
+    for padding in ("official", "masked"):
+        name = f"moe_dyn_e3_{padding}"
+        if not only or name in only:
+            run_moe_case(name, padding)
     if not only or "ssl_head_fs12_legacy" in only:
         run_ssl_case("ssl_head_fs12_legacy", 12, (1, 1, 64, 32, 32))
     for name, cfg, shape in cases:
         if only and name not in only:
             continue
         models[name] = run_case(name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}, shape)
+    if "smt_e3_fs12_padded" in models and "smt_e3_fs12_official" in models:
+        report_padding_difference()
     if only:
         return
     dump_keys("swin_unetr_fs12", build_count(dict(in_channels=1, out_channels=14, feature_size=12)))

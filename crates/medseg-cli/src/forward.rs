@@ -25,7 +25,8 @@ pub struct Args {
     output: PathBuf,
     /// Patch-merging order: legacy (MONAI < 1.5, all public checkpoints, Swin SMT), fixed
     /// (MONAI ≥ 1.5 "merging"), v2 ("mergingv2"). Default: the config's `merge_order`, else the
-    /// file's metadata, else MONAI 1.6.1 semantics of `downsample`.
+    /// file's metadata, else legacy for Swin SMT (`use_moe`) and MONAI 1.6.1 semantics of
+    /// `downsample` otherwise. The order used is printed on stderr.
     #[arg(long, value_parser = ["legacy", "fixed", "v2"])]
     merge_order: Option<String>,
     /// Accept checkpoints that lack some parameters (they keep their random initial values).
@@ -41,11 +42,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .with_context(|| format!("parsing config {}", args.config.display()))?;
     let ckpt = read_checkpoint(&args.weights)
         .with_context(|| format!("reading weights {}", args.weights.display()))?;
-    if let Some(o) = &args.merge_order {
+    let merge_source = if let Some(o) = &args.merge_order {
         cfg.merge_order = Some(MergeOrder::parse(o)?);
-    } else if cfg.merge_order.is_none() {
-        cfg.merge_order = ckpt.merge_order;
-    }
+        "set by --merge-order"
+    } else if cfg.merge_order.is_some() {
+        "set by the config"
+    } else if let Some(o) = ckpt.merge_order {
+        cfg.merge_order = Some(o);
+        "from the weights' metadata"
+    } else {
+        cfg.merge_order_with_source().1
+    };
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     // Creates the variables (MONAI names) that the checkpoint is loaded into.
@@ -61,7 +68,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.weights.display()
         )
     }
-    eprintln!("merge order: {:?}", cfg.resolved_merge_order());
+    let moe = if cfg.use_moe {
+        format!(", Soft MoE padding: {}", cfg.moe_padding.as_str())
+    } else {
+        String::new()
+    };
+    eprintln!("merge order: {} ({merge_source}){moe}", cfg.resolved_merge_order().as_str());
     let inputs = candle::safetensors::load(&args.input, &dev)
         .with_context(|| format!("reading input {}", args.input.display()))?;
     let Some(x) = inputs.get("input") else {

@@ -7,50 +7,29 @@
 //! latter to the real parameters. CPU only (other devices fall back to the plain forward).
 //! Dropout / stochastic depth in training are re-sampled in the recomputation (MONAI restores
 //! the RNG state), so use it with rate-0 dropouts for exact gradients.
+//!
+//! Generic over [`CheckpointBlock`], so it depends only on [`crate::layers`]; the Swin block
+//! implements the trait in `swin_transformer.rs`.
 use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
-use crate::swin_transformer::SwinTransformerBlock;
+use crate::layers::Params;
 
-/// Parameters of a module in a fixed order, and the same module rebuilt from new tensors.
-pub(crate) trait Params: Sized {
-    /// The parameter tensors, in a fixed order.
-    fn params(&self, out: &mut Vec<Tensor>);
-    /// A copy of `self` whose parameters are taken, in the same order, from `it`.
-    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self>;
+/// A block that can be checkpointed: its parameters in a fixed order ([`Params`]) and its
+/// forward on `(x, attention mask)`.
+pub(crate) trait CheckpointBlock: Params + Clone + Send + Sync + 'static {
+    /// The block's forward pass.
+    fn forward_block(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor>;
 }
 
-/// Takes the next tensor of a parameter stream.
-pub(crate) fn next(it: &mut dyn Iterator<Item = Tensor>) -> Result<Tensor> {
-    match it.next() {
-        Some(t) => Ok(t),
-        None => candle::bail!("checkpoint: parameter stream exhausted"),
-    }
-}
-
-impl Params for candle_nn::Linear {
-    fn params(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight().clone());
-        if let Some(b) = self.bias() {
-            out.push(b.clone());
-        }
-    }
-
-    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self> {
-        let w = next(it)?;
-        let b = if self.bias().is_some() { Some(next(it)?) } else { None };
-        Ok(candle_nn::Linear::new(w, b))
-    }
-}
-
-struct BlockOp {
-    blk: SwinTransformerBlock,
+struct BlockOp<B> {
+    blk: B,
     mask: Tensor,
     train: bool,
     shapes: Vec<Shape>,
 }
 
-impl BlockOp {
-    fn rebuild(&self, flat: &Tensor) -> Result<SwinTransformerBlock> {
+impl<B: CheckpointBlock> BlockOp<B> {
+    fn rebuild(&self, flat: &Tensor) -> Result<B> {
         let mut parts = Vec::with_capacity(self.shapes.len());
         let mut off = 0;
         for s in &self.shapes {
@@ -70,7 +49,7 @@ fn tensor_of(s: &CpuStorage, l: &Layout) -> Result<Tensor> {
     Tensor::from_slice(&v[a..b], l.shape(), &candle::Device::Cpu)
 }
 
-impl CustomOp2 for BlockOp {
+impl<B: CheckpointBlock> CustomOp2 for BlockOp<B> {
     fn name(&self) -> &'static str {
         "swin-block-checkpoint"
     }
@@ -84,7 +63,7 @@ impl CustomOp2 for BlockOp {
     ) -> Result<(CpuStorage, Shape)> {
         let x = tensor_of(s1, l1)?;
         let blk = self.rebuild(&tensor_of(s2, l2)?)?;
-        let y = blk.forward_t(&x, Some(&self.mask), self.train)?;
+        let y = blk.forward_block(&x, &self.mask, self.train)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
@@ -99,21 +78,21 @@ impl CustomOp2 for BlockOp {
         let x = Var::from_tensor(&arg1.detach())?;
         let flat = Var::from_tensor(&arg2.detach())?;
         let blk = self.rebuild(flat.as_tensor())?;
-        let y = blk.forward_t(x.as_tensor(), Some(&self.mask), self.train)?;
+        let y = blk.forward_block(x.as_tensor(), &self.mask, self.train)?;
         let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
         Ok((grads.get(x.as_tensor()).cloned(), grads.get(flat.as_tensor()).cloned()))
     }
 }
 
 /// Runs `blk` so that its activations are recomputed in backward.
-pub(crate) fn checkpointed_block(
-    blk: &SwinTransformerBlock,
+pub(crate) fn checkpointed_block<B: CheckpointBlock>(
+    blk: &B,
     x: &Tensor,
     mask: &Tensor,
     train: bool,
 ) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle::DType::F32 {
-        return blk.forward_t(x, Some(mask), train);
+        return blk.forward_block(x, mask, train);
     }
     let mut params = Vec::new();
     blk.params(&mut params);

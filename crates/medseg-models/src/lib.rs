@@ -4,9 +4,13 @@
 //! Every module is built from a `candle_nn::VarBuilder` whose keys are byte-identical to MONAI
 //! `state_dict()` keys; tensors are PyTorch-layout (`[B, C, D, H, W]`, Linear `[out, in]`,
 //! ConvTranspose `[in, out, k, k, k]`). Models do no file I/O beyond [`loader`].
+//!
+//! Imports between the modules run one way (checked by `tests/it/layering.rs`):
+//! [`config`] → [`layers`] → {[`unetr_blocks`], [`checkpoint`], [`soft_moe`]} →
+//! [`swin_transformer`] → {[`swin_unetr`], [`ssl_head`]} → {[`param_count`], [`loader`]}.
 pub mod checkpoint;
-#[cfg(feature = "cuda")]
-mod cuda_moe;
+pub mod config;
+pub mod layers;
 pub mod loader;
 pub mod param_count;
 pub mod soft_moe;
@@ -15,6 +19,7 @@ pub mod swin_transformer;
 pub mod swin_unetr;
 pub mod unetr_blocks;
 
+pub use config::{MergeOrder, MoeKind, MoePadding, PerDim, SwinUnetrConfig};
 pub use loader::{
     LoadReport, frozen_var_builder, load_file, load_into_varmap, rename, save_safetensors,
 };
@@ -23,4 +28,3 @@ pub use soft_moe::{DynamicSlotsSoftMoe, Ffn, SoftMoe};
 pub use ssl_head::{SslHead, SslHeadConfig};
 pub use swin_transformer::SwinTransformer;
 pub use swin_unetr::SwinUnetr;
-pub use swin_unetr::{MergeOrder, MoeKind, SwinUnetrConfig};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle::{DType, Device, Tensor};
 use candle_nn::VarMap;
 
-use crate::swin_unetr::MergeOrder;
+use crate::config::MergeOrder;
 
 /// Loader errors.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,8 @@ use candle::{DType, Device, Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
-use crate::swin_unetr::{SwinUnetr, SwinUnetrConfig};
+use crate::config::SwinUnetrConfig;
+use crate::swin_unetr::SwinUnetr;
 
 /// Records every `get` into a shared name → shape map.
 #[derive(Debug, Clone, Default)]

@@ -9,9 +9,9 @@ use medseg_ops::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::swin_transformer::{SwinTransformer, linear};
-use crate::swin_unetr::{MergeOrder, SwinUnetrConfig};
-use crate::unetr_blocks::kaiming_uniform;
+use crate::config::{MergeOrder, SwinUnetrConfig};
+use crate::layers::{kaiming_uniform, linear};
+use crate::swin_transformer::SwinTransformer;
 
 /// Arguments of the pretraining script that shape `SSLHead`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -2,7 +2,8 @@
 //! Hatamizadeh et al. 2022). Port of MONAI 1.6.1 `monai/networks/nets/swin_unetr.py`:
 //! `WindowAttention`, `SwinTransformerBlock`, `PatchMerging`/`PatchMergingV2`, `BasicLayer`,
 //! `SwinTransformer`, and `monai/networks/blocks/patchembedding.py` `PatchEmbed`.
-//! Keys equal MONAI's (`swinViT.` prefix added by the caller).
+//! Keys equal MONAI's (`swinViT.` prefix added by the caller). `LayerNorm` and `Mlp` live in
+//! [`crate::layers`], the Soft MoE FFN of Swin SMT in [`crate::soft_moe`].
 use candle::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use medseg_ops::{
@@ -10,102 +11,13 @@ use medseg_ops::{
     shifted_window_mask, window_and_shift, window_attention_qkv, window_partition, window_reverse,
 };
 
-use crate::checkpoint::{Params, next};
+use crate::checkpoint::CheckpointBlock;
+use crate::config::{MergeOrder, SwinUnetrConfig};
+use crate::layers::{
+    LN_EPS, LayerNorm, Params, apply_linear, drop_path, dropout, kaiming_uniform, linear, next,
+};
 use crate::soft_moe::Ffn;
-use crate::swin_unetr::{MergeOrder, SwinUnetrConfig};
-use crate::unetr_blocks::{UnetrBasicBlock, kaiming_uniform};
-
-const LN_EPS: f64 = 1e-5;
-
-/// `nn.LayerNorm(dim)` (eps 1e-5, affine) on the last dim, differentiable (medseg-ops).
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-}
-
-impl LayerNorm {
-    /// `weight` (init 1) and `bias` (init 0) of shape `[dim]`.
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?;
-        let bias = vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?;
-        Ok(Self { weight, bias })
-    }
-}
-
-impl Module for LayerNorm {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        medseg_ops::layer_norm(xs, Some(&self.weight), Some(&self.bias), LN_EPS)
-    }
-}
-
-/// `nn.Linear` with PyTorch's default init, applied to any rank (flattened to 2-D).
-pub(crate) fn linear(cin: usize, cout: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let init = kaiming_uniform(cin);
-    let w = vb.get_with_hints((cout, cin), "weight", init)?;
-    let b = if bias { Some(vb.get_with_hints(cout, "bias", init)?) } else { None };
-    Ok(Linear::new(w, b))
-}
-
-/// Applies a Linear to the last dim of a tensor of any rank.
-pub(crate) fn apply_linear(l: &Linear, xs: &Tensor) -> Result<Tensor> {
-    let dims = xs.dims().to_vec();
-    let c = dims[dims.len() - 1];
-    // [.., C] -> [M, C]
-    let y = l.forward(&xs.reshape(((), c))?)?;
-    let mut out = dims;
-    let last = out.len() - 1;
-    out[last] = y.dim(1)?;
-    // [M, C'] -> [.., C']
-    y.reshape(out)
-}
-
-/// Inverted dropout in training mode (identity otherwise).
-pub(crate) fn dropout(xs: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 {
-        return Ok(xs.clone());
-    }
-    candle_nn::ops::dropout(xs, p as f32)
-}
-
-/// Stochastic depth (`DropPath`): one Bernoulli per sample, scaled by 1/keep.
-pub(crate) fn drop_path(xs: &Tensor, p: f64, train: bool) -> Result<Tensor> {
-    if !train || p == 0.0 {
-        return Ok(xs.clone());
-    }
-    let keep = 1.0 - p;
-    let mut shape = vec![1usize; xs.rank()];
-    shape[0] = xs.dim(0)?;
-    let u = Tensor::rand(0f32, 1f32, shape, xs.device())?;
-    let mask = (u.lt(keep)?.to_dtype(xs.dtype())? / keep)?;
-    xs.broadcast_mul(&mask)
-}
-
-/// MONAI `MLPBlock` with `dropout_mode="swin"`: Linear → GELU(erf) → Dropout → Linear → Dropout.
-#[derive(Debug, Clone)]
-pub struct Mlp {
-    linear1: Linear,
-    linear2: Linear,
-    drop: f64,
-}
-
-impl Mlp {
-    /// `mlp.linear1` `[hidden, dim]`, `mlp.linear2` `[dim, hidden]`.
-    pub fn new(dim: usize, hidden: usize, drop: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            linear1: linear(dim, hidden, true, vb.pp("linear1"))?,
-            linear2: linear(hidden, dim, true, vb.pp("linear2"))?,
-            drop,
-        })
-    }
-
-    /// Position-wise on `[.., dim]`.
-    pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        let h = medseg_ops::gelu(&apply_linear(&self.linear1, xs)?)?;
-        let h = dropout(&h, self.drop, train)?;
-        dropout(&apply_linear(&self.linear2, &h)?, self.drop, train)
-    }
-}
+use crate::unetr_blocks::UnetrBasicBlock;
 
 /// MONAI `WindowAttention` (3-D): qkv projection, relative-position bias sliced from the
 /// configured window's index (MONAI's `[:n, :n]` quirk), optional shifted-window mask.
@@ -513,32 +425,6 @@ pub fn proj_out(xs: &Tensor, normalize: bool) -> Result<Tensor> {
     x.permute((0, 4, 1, 2, 3))?.contiguous()
 }
 
-impl Params for LayerNorm {
-    fn params(&self, out: &mut Vec<Tensor>) {
-        out.push(self.weight.clone());
-        out.push(self.bias.clone());
-    }
-
-    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self> {
-        Ok(Self { weight: next(it)?, bias: next(it)? })
-    }
-}
-
-impl Params for Mlp {
-    fn params(&self, out: &mut Vec<Tensor>) {
-        self.linear1.params(out);
-        self.linear2.params(out);
-    }
-
-    fn with_params(&self, it: &mut dyn Iterator<Item = Tensor>) -> Result<Self> {
-        Ok(Self {
-            linear1: self.linear1.with_params(it)?,
-            linear2: self.linear2.with_params(it)?,
-            drop: self.drop,
-        })
-    }
-}
-
 impl Params for WindowAttention {
     fn params(&self, out: &mut Vec<Tensor>) {
         self.qkv.params(out);
@@ -550,6 +436,12 @@ impl Params for WindowAttention {
         let qkv = self.qkv.with_params(it)?;
         let proj = self.proj.with_params(it)?;
         Ok(Self { qkv, proj, relative_position_bias_table: next(it)?, ..self.clone() })
+    }
+}
+
+impl CheckpointBlock for SwinTransformerBlock {
+    fn forward_block(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_t(xs, Some(mask), train)
     }
 }
 

@@ -9,6 +9,8 @@ use medseg_ops::{
     instance_norm3d,
 };
 
+use crate::layers::kaiming_uniform;
+
 const IN_EPS: f64 = 1e-5;
 const LEAKY_SLOPE: f64 = 0.01;
 
@@ -35,12 +37,6 @@ impl Module for ConvNoBias {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         conv3d(xs, &self.weight, None, &self.cfg)
     }
-}
-
-/// PyTorch's default Linear/Conv init: kaiming-uniform with a = √5, i.e. U(±1/√fan_in).
-pub(crate) fn kaiming_uniform(fan_in: usize) -> candle_nn::Init {
-    let b = 1.0 / (fan_in.max(1) as f64).sqrt();
-    candle_nn::Init::Uniform { lo: -b, up: b }
 }
 
 /// MONAI `UnetResBlock` (kernel 3, stride 1, instance norm, LeakyReLU 0.01).

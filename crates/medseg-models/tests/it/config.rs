@@ -1,5 +1,5 @@
 //! Config: MONAI argument names, defaults, presets, validation errors.
-use medseg_models::{MergeOrder, SwinUnetrConfig};
+use medseg_models::{MergeOrder, MoePadding, SwinUnetrConfig};
 
 #[test]
 fn parses_monai_arguments_with_defaults() -> candle::Result<()> {
@@ -71,5 +71,45 @@ fn rejects_input_not_divisible_by_32() -> candle::Result<()> {
     let x = candle::Tensor::zeros((1, 1, 32, 32, 48), candle::DType::F32, &candle::Device::Cpu)?;
     let e = m.forward_t(&x, false).expect_err("48 is not divisible by 32");
     assert!(e.to_string().contains("divisible by 32"), "{e}");
+    Ok(())
+}
+
+/// Swin SMT's official code vendors MONAI's pre-1.5 `PatchMerging`: without `merge_order`, a
+/// `use_moe` config resolves to Legacy (an explicit value or "mergingv2" still wins), while a
+/// plain SwinUNETR keeps MONAI 1.6.1's Fixed.
+#[test]
+fn swin_smt_defaults_to_the_legacy_merge_order() -> candle::Result<()> {
+    let smt = r#"{"in_channels": 1, "out_channels": 3, "use_moe": true, "num_experts": 3"#;
+    let cases = [
+        (format!("{smt}}}"), MergeOrder::Legacy, "Swin SMT default"),
+        (format!(r#"{smt}, "merge_order": "fixed"}}"#), MergeOrder::Fixed, "set by the config"),
+        (format!(r#"{smt}, "downsample": "mergingv2"}}"#), MergeOrder::V2, "mergingv2"),
+        (r#"{"in_channels": 1, "out_channels": 3}"#.to_string(), MergeOrder::Fixed, "MONAI 1.6.1"),
+    ];
+    for (json, want, source) in cases {
+        let c = SwinUnetrConfig::from_json(&json)?;
+        assert_eq!(c.resolved_merge_order(), want, "{json}");
+        let (order, why) = c.merge_order_with_source();
+        assert_eq!(order, want, "{json}");
+        assert!(why.contains(source), "{json}: source {why:?}");
+    }
+    assert_eq!(SwinUnetrConfig::swin_smt_paper().resolved_merge_order(), MergeOrder::Legacy);
+    Ok(())
+}
+
+/// `moe_padding` defaults to the official Swin SMT semantics; "masked" selects
+/// soft-moe-pytorch's; anything else is rejected naming the field's values.
+#[test]
+fn moe_padding_defaults_to_official() -> candle::Result<()> {
+    let base = r#"{"in_channels": 1, "out_channels": 3, "use_moe": true"#;
+    assert_eq!(SwinUnetrConfig::from_json(&format!("{base}}}"))?.moe_padding, MoePadding::Official);
+    let c = SwinUnetrConfig::from_json(&format!(r#"{base}, "moe_padding": "masked"}}"#))?;
+    assert_eq!(c.moe_padding, MoePadding::Masked);
+    let c = SwinUnetrConfig::from_json(&format!(r#"{base}, "moe_padding": "official"}}"#))?;
+    assert_eq!(c.moe_padding, MoePadding::Official);
+    assert_eq!(SwinUnetrConfig::monai_default(1, 2).moe_padding, MoePadding::Official);
+    let e = SwinUnetrConfig::from_json(&format!(r#"{base}, "moe_padding": "zeros"}}"#))
+        .expect_err("unknown moe_padding");
+    assert!(e.to_string().contains("official") && e.to_string().contains("masked"), "{e}");
     Ok(())
 }

@@ -91,7 +91,46 @@ fn golden_swin_smt_e4() -> anyhow::Result<()> {
     run("smt_e4_fs12", 2e-2)
 }
 
+/// E = 3 with `moe_padding = "masked"`: soft-moe-pytorch 0.1.9 (padding tokens masked out).
 #[test]
 fn golden_swin_smt_e3_padded() -> anyhow::Result<()> {
     run("smt_e3_fs12_padded", GRAD_RTOL)
+}
+
+/// E = 3 with the official Swin SMT semantics, from a config without `merge_order` and
+/// `moe_padding`: also pins the Swin SMT defaults (legacy merge order, official padding).
+#[test]
+fn golden_swin_smt_e3_official() -> anyhow::Result<()> {
+    run("smt_e3_fs12_official", GRAD_RTOL)
+}
+
+/// The two E = 3 goldens separate the paddings: each mode's output is more than 1e-4 away from
+/// the other mode's golden, so the golden tests above could not pass with the wrong mode.
+#[test]
+fn swin_smt_e3_goldens_separate_the_two_paddings() -> anyhow::Result<()> {
+    use medseg_models::MoePadding;
+    let load = |name: &str| -> anyhow::Result<(SwinUnetrConfig, Vec<usize>, Tensor)> {
+        let bytes = std::fs::read(golden_path(&format!("{name}.safetensors")))?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let g = candle::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let shape = g["in_shape"].to_vec1::<i64>()?.into_iter().map(|v| v as usize).collect();
+        Ok((SwinUnetrConfig::from_json(&meta["config"])?, shape, g["out_sub"].clone()))
+    };
+    let (official_cfg, shape, official) = load("smt_e3_fs12_official")?;
+    let (masked_cfg, _, masked) = load("smt_e3_fs12_padded")?;
+    assert_eq!(official_cfg.moe_padding, MoePadding::Official);
+    assert_eq!(masked_cfg.moe_padding, MoePadding::Masked);
+    let x = input_formula(&shape)?;
+    for (cfg, other, label) in [
+        (&official_cfg, &masked, "official vs masked golden"),
+        (&masked_cfg, &official, "masked vs official golden"),
+    ] {
+        let (model, _) = formula_model(cfg)?;
+        let out = subsample4(&model.forward_t(&x, false)?)?;
+        let diff = max_abs(&(&out - other)?)?;
+        eprintln!("{label}: max-abs {diff:.2e}");
+        assert!(diff > 1e-4, "{label}: only {diff:e} apart");
+    }
+    Ok(())
 }
