@@ -219,17 +219,15 @@ struct Backward<'a> {
     dbias: Option<&'a mut [f32]>,
 }
 
-impl Backward<'_> {
-    /// The `len` gradient elements from `at`.
-    ///
-    /// # Safety
-    /// `at + len` lies inside `dqkv`, the row belongs to the calling batch item (no other task
-    /// writes it), and the caller holds no other slice of it.
-    #[inline(always)]
-    unsafe fn row(&self, at: usize, len: usize) -> &mut [f32] {
-        // SAFETY: guaranteed by the caller (see above).
-        unsafe { std::slice::from_raw_parts_mut(self.grads.ptr().add(at), len) }
-    }
+/// The `len` gradient elements from `at` of the `dqkv` buffer behind `grads`.
+///
+/// # Safety
+/// `at + len` lies inside `dqkv`, the row belongs to the calling batch item (no other task
+/// writes it), and the caller holds no other slice of it while this one lives.
+#[inline(always)]
+unsafe fn grad_row<'a>(grads: SyncPtr, at: usize, len: usize) -> &'a mut [f32] {
+    // SAFETY: guaranteed by the caller (see above).
+    unsafe { std::slice::from_raw_parts_mut(grads.ptr().add(at), len) }
 }
 
 /// Runs [`item_kernel`] compiled for the best vector ISA of the running CPU.
@@ -316,7 +314,7 @@ fn item_kernel(item: Item<'_>) {
                     }
                 }
                 // SAFETY: row i of head h of this item's q; no other slice of it is held.
-                let dq = unsafe { bw.row(o.q.at(b, h, i), d) };
+                let dq = unsafe { grad_row(bw.grads, o.q.at(b, h, i), d) };
                 for (e, x) in dq.iter_mut().enumerate() {
                     *x = scale * simd::dot(&ds, &kt[e * nk..(e + 1) * nk]);
                 }
@@ -329,12 +327,12 @@ fn item_kernel(item: Item<'_>) {
             }
             for j in 0..nk {
                 // SAFETY: rows j of head h of this item's k and v, one at a time.
-                let dk = unsafe { bw.row(o.k.at(b, h, j), d) };
+                let dk = unsafe { grad_row(bw.grads, o.k.at(b, h, j), d) };
                 for (e, x) in dk.iter_mut().enumerate() {
                     *x = dkt[e * nk + j];
                 }
                 // SAFETY: as above.
-                let dvr = unsafe { bw.row(o.v.at(b, h, j), dv) };
+                let dvr = unsafe { grad_row(bw.grads, o.v.at(b, h, j), dv) };
                 for (e, x) in dvr.iter_mut().enumerate() {
                     *x = dvt[e * nk + j];
                 }

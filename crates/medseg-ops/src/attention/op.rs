@@ -244,10 +244,10 @@ pub fn fused_attention(
             v.dims()
         )
     }
-    if let Some(bias) = bias {
-        if bias.dims() != [h, nq, nk] {
-            candle::bail!("fused_attention: bias {:?} must be [{h}, {nq}, {nk}]", bias.dims())
-        }
+    if let Some(bias) = bias
+        && bias.dims() != [h, nq, nk]
+    {
+        candle::bail!("fused_attention: bias {:?} must be [{h}, {nq}, {nk}]", bias.dims())
     }
     let mask_windows = match mask {
         Some(m) => {

@@ -22,7 +22,7 @@ fn dtypes(dev: &Device) -> Vec<DType> {
 /// A shifted-window style mask (0 / −100) `[nw, n, n]` on the CPU.
 fn mask(nw: usize, n: usize) -> Result<Tensor> {
     let v: Vec<f32> = (0..nw * n * n)
-        .map(|t| if (t / n + 2 * (t % n) + t / (n * n)) % 5 == 0 { -100.0 } else { 0.0 })
+        .map(|t| if (t / n + 2 * (t % n) + t / (n * n)).is_multiple_of(5) { -100.0 } else { 0.0 })
         .collect();
     Tensor::from_vec(v, (nw, n, n), &Device::Cpu)
 }
