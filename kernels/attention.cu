@@ -1,5 +1,6 @@
 // Fused attention softmax(q·kᵀ·scale + bias + mask)·v, forward and backward, f32 and bf16.
-// CPU twin: crates/medseg-kernels/src/reference/attention.rs (same arguments, same mathematics).
+// Argument contract: crates/medseg-kernels/src/attention.rs; CPU kernel with the same arguments and
+// mathematics: crates/medseg-ops/src/attention/cpu.rs (both tested against the composed reference).
 //
 // Layouts (contiguous, row-major):
 //   q [B, H, nq, d], k [B, H, nk, d], v [B, H, nk, dv], bias [H, nq, nk], mask [nW, nq, nk]
@@ -12,7 +13,7 @@
 // The forward's log-sum-exp is recomputed at the start of the backward (forward with lse_only = 1:
 // no values read, no output written), so the forward returns a plain tensor in the input dtype.
 //
-// Launch (see crates/medseg-ops/src/cuda_attention.rs):
+// Launch (see crates/medseg-ops/src/attention/cuda.rs):
 //   forward   grid (ceil(nq/32), H, B), block 32, dynamic smem kt*(d + 32)*4 bytes
 //   bwd_delta grid (ceil(B*H*nq/128)), block 128
 //   bwd_dq    grid (ceil(nq/32), H, B*ceil(d/32)), block 32, smem kt*(d + dv)*4 bytes

@@ -1,5 +1,6 @@
 // 3-D im2col / col2im (vol2col / col2vol) for convolution as GEMM, f32 and bf16.
-// CPU twin: crates/medseg-kernels/src/reference/im2col.rs (same arguments, same mathematics).
+// Argument contract: crates/medseg-kernels/src/im2col.rs; CPU kernel with the same arguments and
+// mathematics: crates/medseg-ops/src/conv/cpu.rs (`im2col` / `col2im` over whole volumes).
 //
 // x [N, C, D, H, W]; cols [N, C·Kd·Kh·Kw, Do·Ho·Wo] with
 //   cols[n, (c, kd, kh, kw), (od, oh, ow)] = x[n, c, od·s0 − p0 + kd·l0, oh·s1 − p1 + kh·l1, ow·s2 − p2 + kw·l2]

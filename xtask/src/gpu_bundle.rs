@@ -94,9 +94,14 @@ pub fn run(args: Args) -> Result<()> {
     let json = output_of(&mut cmd)?;
     let artifacts = executables(&json);
     let mut tests = 0;
-    // The library unit-test binaries hold the `cuda` tests.
-    let cuda_tests =
-        |a: &&Artifact| a.test && a.kind == "lib" && TEST_CRATES.contains(&&*a.package);
+    // The `cuda` tests: medseg-models' in its library unit tests, medseg-ops' in its integration
+    // test binary (`tests/it/device.rs`, the `_cuda` instances of `test_device!`).
+    let cuda_tests = |a: &&Artifact| {
+        a.test
+            && TEST_CRATES.contains(&&*a.package)
+            && (a.kind == "lib"
+                || (a.package == "medseg-ops" && a.kind == "test" && a.name == "it"))
+    };
     for a in artifacts.iter().filter(cuda_tests) {
         pack(&a.path, &out.join("tests"))?;
         tests += 1;

@@ -83,7 +83,9 @@ mod bench {
         type F =
             fn(&Tensor, &Tensor, &Tensor, f64, Option<&Tensor>, Option<&Tensor>) -> Result<Tensor>;
         let paths: [(&str, F); 2] = [
-            ("window_attention_fused", medseg_ops::window_attention_fused),
+            ("window_attention_fused", |q, k, v, scale, bias, mask| {
+                medseg_ops::fused_attention(q, k, v, scale, bias, mask, None)
+            }),
             ("window_attention_composed", medseg_ops::window_attention),
         ];
         for (name, f) in paths {

@@ -1,4 +1,5 @@
-//! Helpers to read candle CPU storages as contiguous slices inside custom ops.
+//! Helpers shared by the ops: contiguous f32 slices of candle CPU storages inside custom ops, and
+//! the composed path of an op on devices without a kernel of ours.
 use candle::{CpuStorage, DType, Layout, Result, Tensor};
 
 /// The contiguous f32 slice behind `storage`/`layout`, or an error naming `op`.
@@ -31,3 +32,21 @@ pub(crate) struct SyncPtr(pub(crate) *mut f32);
 unsafe impl Send for SyncPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer; a method so closures capture the whole (Sync) wrapper, not the raw field.
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `f(x)` computed in f32 and cast back to `x`'s dtype: how an op runs its composed `*_reference`
+/// on a device for which this crate has no kernel (statistics, `exp` and `erf` stay in f32 under
+/// bf16 mixed precision; candle's own kernels compute every step, with candle's autograd).
+pub(crate) fn composed_in_f32(
+    x: &Tensor,
+    f: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let dtype = x.dtype();
+    f(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}

@@ -1,11 +1,81 @@
 //! Test helpers shared by the medseg crates.
 //!
 //! Nothing here is used outside tests: tolerance checks that name the worst element, seeded
-//! random tensors, f64 finite differences, gradient-coverage checks and fixture locations.
+//! random tensors, f64 finite differences, gradient-coverage checks, fixture locations and the
+//! per-device test macro [`test_device!`].
 use std::path::{Path, PathBuf};
 
 use candle::{DType, Device, Result, Tensor, Var, backprop::GradStore};
 use candle_nn::VarMap;
+
+/// candle, for [`test_device!`]'s expansion in the calling crate.
+pub use candle;
+
+/// One test body, run on every device present (candle's `test_device!`).
+///
+/// `test_device!(body, body_cpu, body_cuda)` defines `#[test] fn body_cpu()` running
+/// `body(&Device::Cpu)` and, when the calling crate is built with its `cuda` feature,
+/// `#[test] fn body_cuda()` running `body` on the first CUDA device, or printing
+/// `body_cuda: skipped, no CUDA device (…)` and passing when there is none. `body` is a
+/// `fn(&Device) -> candle::Result<()>` that computes on the given device and compares against the
+/// CPU reference within [`device_tolerance`].
+#[macro_export]
+macro_rules! test_device {
+    ($body:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() -> $crate::candle::Result<()> {
+            $body(&$crate::candle::Device::Cpu)
+        }
+
+        #[cfg(feature = "cuda")]
+        #[test]
+        fn $cuda() -> $crate::candle::Result<()> {
+            match $crate::cuda_device(stringify!($cuda)) {
+                Some(device) => $body(&device),
+                None => Ok(()),
+            }
+        }
+    };
+}
+
+/// The first CUDA device, or `None` after printing why `test` is skipped (no device, no driver,
+/// or a build without CUDA).
+pub fn cuda_device(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let reason = e.to_string();
+            let reason = reason.lines().next().unwrap_or("unknown error");
+            println!("{test}: skipped, no CUDA device ({reason})");
+            None
+        }
+    }
+}
+
+/// Tolerance of an op computed on `device` in `dtype` against its f32 CPU reference, relative to
+/// the reference's magnitude where that exceeds 1 (see [`assert_close_on_device`]): bf16 and f16
+/// 2e-2; f32 on CPU 2e-5 (same arithmetic, different order); f32 on other devices 1e-4.
+pub fn device_tolerance(device: &Device, dtype: DType) -> f64 {
+    match (dtype, device) {
+        (DType::BF16 | DType::F16, _) => 2e-2,
+        (_, Device::Cpu) => 2e-5,
+        _ => 1e-4,
+    }
+}
+
+/// Asserts that `got` (any device, any float dtype) equals the CPU reference `want` within
+/// `tol · max(1, max |want|)` in every element; the panic message names the worst element.
+#[track_caller]
+pub fn assert_close_on_device(what: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    let got = got.to_device(&Device::Cpu).and_then(|t| t.to_dtype(DType::F64)).expect("got");
+    let want = want.to_dtype(DType::F64).expect("want");
+    let scale = want
+        .abs()
+        .and_then(|t| t.flatten_all()?.max(0)?.to_scalar::<f64>())
+        .expect("reference magnitude")
+        .max(1.0);
+    assert_close(what, &got, &want, tol * scale, 0.0);
+}
 
 /// Deterministic values uniform in `[-1, 1)` (xorshift64*, seeded).
 pub fn random_values(n: usize, seed: u64) -> Vec<f32> {

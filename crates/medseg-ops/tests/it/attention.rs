@@ -1,7 +1,11 @@
 //! Fused window attention (`window_attention_qkv`) against its composed twin, forward and the
-//! gradients of `qkv` and the bias; finite differences of both; argument validation.
+//! gradients of `qkv` and the bias; finite differences of both; the general `fused_attention`
+//! (packed q ‖ k ‖ v, `nq ≠ nk`, `d ≠ dv`, excluded keys) against finite differences and a
+//! composed softmax; argument validation.
 use candle::{DType, Device, Tensor};
-use medseg_ops::{shifted_window_mask, window_attention_qkv, window_attention_qkv_reference};
+use medseg_ops::{
+    fused_attention, shifted_window_mask, window_attention_qkv, window_attention_qkv_reference,
+};
 
 use crate::{OpFn, check_fast_vs_reference, check_finite_differences, rand};
 
@@ -103,4 +107,106 @@ fn fused_backward_is_bitwise_repeatable() {
     for _ in 0..3 {
         assert!(run() == first, "the fused backward changed between identical runs");
     }
+}
+
+/// `softmax(q·kᵀ·scale + bias + mask)·v` over the first `n_valid` keys, composed from candle ops
+/// (the `n_valid` extension of the composed window attention).
+fn attention_composed(
+    t: &[Tensor],
+    scale: f64,
+    mask: &Tensor,
+    n_valid: usize,
+) -> candle::Result<Tensor> {
+    let (q, k, v, bias) = (&t[0], &t[1], &t[2], &t[3]);
+    let (b, h, nq, _) = q.dims4()?;
+    let nw = mask.dim(0)?;
+    let k = k.narrow(2, 0, n_valid)?;
+    let v = v.narrow(2, 0, n_valid)?;
+    let bias = bias.narrow(2, 0, n_valid)?;
+    let mask = mask.narrow(2, 0, n_valid)?.to_dtype(q.dtype())?;
+    let s = (q * scale)?.matmul(&k.t()?)?.broadcast_add(&bias.unsqueeze(0)?)?;
+    // [B, H, nq, nv] -> [B/nW, nW, H, nq, nv] + [1, nW, 1, nq, nv]
+    let s = s
+        .reshape((b / nw, nw, h, nq, n_valid))?
+        .broadcast_add(&mask.unsqueeze(1)?.unsqueeze(0)?)?
+        .reshape((b, h, nq, n_valid))?;
+    candle_nn::ops::softmax(&s, candle::D::Minus1)?.matmul(&v.contiguous()?)
+}
+
+#[test]
+fn fused_attention_with_excluded_keys_matches_composed_and_finite_differences() {
+    // Soft-MoE-like: nq ≠ nk, d ≠ dv, the last key excluded, two masks over four items.
+    let (b, h, nq, nk, d, dv, nw, nv) = (4, 2, 5, 6, 4, 3, 2, 5);
+    let m = mask(nw, nq).narrow(2, 0, 5).unwrap();
+    let m = Tensor::cat(&[&m, &m.narrow(2, 0, 1).unwrap()], 2).unwrap();
+    assert_eq!(m.dims(), [nw, nq, nk]);
+    let inputs = [
+        rand(&[b, h, nq, d], 21),
+        rand(&[b, h, nk, d], 22),
+        rand(&[b, h, nk, dv], 23),
+        rand(&[h, nq, nk], 24),
+    ];
+    let fast =
+        |t: &[Tensor]| fused_attention(&t[0], &t[1], &t[2], 0.7, Some(&t[3]), Some(&m), Some(nv));
+    let reference = |t: &[Tensor]| attention_composed(t, 0.7, &m, nv);
+    // The excluded key's rows of k, v and bias get zero gradients on both sides.
+    check_fast_vs_reference_padded(&fast, &reference, &inputs);
+    check_finite_differences(
+        "fused attention, excluded key",
+        &fast,
+        &inputs,
+        DType::F32,
+        1e-2,
+        3e-3,
+    );
+}
+
+/// [`check_fast_vs_reference`] for a reference that reads only part of its inputs: inputs it does
+/// not read get no gradient there, which must then be zero on the fast side.
+fn check_fast_vs_reference_padded(fast: OpFn, reference: OpFn, inputs: &[Tensor]) {
+    let vars: Vec<candle::Var> =
+        inputs.iter().map(|t| candle::Var::from_tensor(t).unwrap()).collect();
+    let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let yf = fast(&ts).unwrap();
+    let yr = reference(&ts).unwrap();
+    medseg_testkit::assert_close("forward", &yf, &yr, 2e-5, 2e-5);
+    let r = rand(yf.dims(), 25);
+    let gf = (&yf * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let gr = (&yr * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    for (i, v) in vars.iter().enumerate() {
+        let a = gf.get(v.as_tensor()).expect("fast gradient");
+        let b = match gr.get(v.as_tensor()) {
+            Some(b) => b.clone(),
+            None => a.zeros_like().unwrap(),
+        };
+        medseg_testkit::assert_close(&format!("grad of input {i}"), a, &b, 2e-5, 2e-5);
+    }
+}
+
+#[test]
+fn fully_excluded_keys_give_zero_output_and_gradients() {
+    let q = candle::Var::from_tensor(&rand(&[2, 1, 3, 4], 26)).unwrap();
+    let k = candle::Var::from_tensor(&rand(&[2, 1, 5, 4], 27)).unwrap();
+    let y = fused_attention(q.as_tensor(), k.as_tensor(), k.as_tensor(), 1.0, None, None, Some(0))
+        .unwrap();
+    assert_eq!(y.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    let g = y.sum_all().unwrap().backward().unwrap();
+    for v in [&q, &k] {
+        let gv = g.get(v.as_tensor()).expect("gradient");
+        assert_eq!(gv.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
+
+#[test]
+fn fused_attention_rejects_bad_shapes() {
+    let q = rand(&[2, 1, 4, 3], 1);
+    let k = rand(&[2, 1, 5, 2], 2);
+    let err = fused_attention(&q, &k, &k, 1.0, None, None, None).expect_err("d mismatch");
+    assert!(err.to_string().contains("fused_attention"), "{err}");
+    let k = rand(&[2, 1, 5, 3], 2);
+    let err = fused_attention(&q, &k, &k, 1.0, None, None, Some(6)).expect_err("n_valid");
+    assert!(err.to_string().contains("n_valid"), "{err}");
+    let bias = rand(&[1, 4, 4], 3);
+    let err = fused_attention(&q, &k, &k, 1.0, Some(&bias), None, None).expect_err("bias");
+    assert!(err.to_string().contains("bias"), "{err}");
 }

@@ -103,6 +103,9 @@ fn conv_gradients_match_finite_differences() {
     // to rounding.
     let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
     check_finite_differences("conv3d fast f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+    // The im2col + GEMM path (the one other devices run; here its CPU kernel).
+    let im2col = |t: &[Tensor]| medseg_ops::conv3d_im2col(&t[0], &t[1], t.get(2), &cfg);
+    check_finite_differences("conv3d im2col f32", &im2col, &inputs, DType::F32, 0.5, 1e-3);
 
     let tcfg = ConvTranspose3dConfig {
         stride: [2, 1, 2],
@@ -115,6 +118,8 @@ fn conv_gradients_match_finite_differences() {
     check_finite_differences("conv_t reference f64", &reference, &inputs, DType::F64, 1e-4, 1e-7);
     let fast = |t: &[Tensor]| conv_transpose3d(&t[0], &t[1], t.get(2), &tcfg);
     check_finite_differences("conv_t fast f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+    let col2im = |t: &[Tensor]| medseg_ops::conv_transpose3d_col2im(&t[0], &t[1], t.get(2), &tcfg);
+    check_finite_differences("conv_t col2im f32", &col2im, &inputs, DType::F32, 0.5, 1e-3);
 }
 
 #[test]

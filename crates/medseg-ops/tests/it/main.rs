@@ -1,9 +1,11 @@
 //! Integration tests of medseg-ops: fast path vs reference (forward and gradients), gradients vs
-//! finite differences, PyTorch/MONAI goldens, argument validation.
+//! finite differences, PyTorch/MONAI goldens, argument validation, and every op on every device
+//! present against its CPU reference (`device`).
 
 mod activation;
 mod attention;
 mod conv;
+mod device;
 mod golden;
 mod grad_coverage;
 mod interpolate;

@@ -1,14 +1,17 @@
-//! 3-D convolution and transposed convolution on CUDA as im2col / col2im kernels
-//! (`kernels/im2col.cu`) plus one cuBLAS GEMM per group (candle's `matmul`), feature `cuda`.
+//! 3-D convolution and transposed convolution as im2col / col2im plus one GEMM per group
+//! (candle's `matmul`: cuBLAS on CUDA): the path of `conv3d` / `conv_transpose3d` on devices other
+//! than the CPU.
 //!
 //! `Im2col` and `Col2im` are candle custom ops whose backward is the other one (they are
-//! adjoint), so gradients of `x` flow through the kernels and gradients of `w` through cuBLAS.
-//! On CPU the ops run the kernels' Rust twin, which is how they are tested here; the public
-//! `conv3d` / `conv_transpose3d` keep their CPU kernels and call this only for CUDA tensors.
+//! adjoint), so gradients of `x` flow through the kernels and gradients of `w` through the GEMM.
+//! Each op has its CPU kernel (`cpu.rs`, whole volumes) and its CUDA kernel (`kernels/im2col.cu`,
+//! launched by `cuda.rs`) side by side, so the whole path is tested on CPU against the tiled CPU
+//! convolution and the composed reference.
 use candle::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
-use medseg_kernels::reference::{self as twin, Im2colGeom};
+use medseg_kernels::Im2colGeom;
 
-use crate::{Conv3dConfig, ConvTranspose3dConfig};
+use super::cpu;
+use super::op::{Conv3dConfig, ConvTranspose3dConfig};
 
 /// The dtype the kernels run in: bf16 stays bf16 on CUDA, everything else is f32.
 fn compute_dtype(x: &Tensor) -> DType {
@@ -25,7 +28,8 @@ fn out_size(axis: usize, i: usize, k: usize, s: usize, p: usize, l: usize) -> Re
     Ok((i + 2 * p - span) / s + 1)
 }
 
-/// `conv3d` through im2col + GEMM. Same contract as [`crate::conv3d`].
+/// `conv3d` through im2col + GEMM. Same contract as [`crate::conv3d`], which runs it on every
+/// device but the CPU.
 pub fn conv3d_im2col(
     x: &Tensor,
     w: &Tensor,
@@ -68,7 +72,8 @@ pub fn conv3d_im2col(
     add_bias(y, bias)?.to_dtype(dtype)
 }
 
-/// `conv_transpose3d` through GEMM + col2im. Same contract as [`crate::conv_transpose3d`].
+/// `conv_transpose3d` through GEMM + col2im. Same contract as [`crate::conv_transpose3d`], which
+/// runs it on every device but the CPU.
 pub fn conv_transpose3d_col2im(
     x: &Tensor,
     w: &Tensor,
@@ -151,8 +156,8 @@ struct Col2im {
     g: Im2colGeom,
 }
 
-fn twin_err(e: twin::KernelError) -> candle::Error {
-    candle::Error::Msg(format!("im2col: {e}"))
+fn kernel_err(name: &str, e: medseg_kernels::KernelError) -> candle::Error {
+    candle::Error::Msg(format!("{name}: {e}"))
 }
 
 impl CustomOp1 for Im2col {
@@ -161,17 +166,18 @@ impl CustomOp1 for Im2col {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = crate::storage::f32_slice("im2col3d", s, l)?;
-        let cols = twin::im2col(&self.g, x).map_err(twin_err)?;
-        Ok((CpuStorage::F32(cols), Shape::from(self.g.cols_len())))
+        let x = crate::storage::f32_slice(self.name(), s, l)?;
+        self.g.check(true, x.len()).map_err(|e| kernel_err(self.name(), e))?;
+        Ok((CpuStorage::F32(cpu::im2col(&self.g, x)), Shape::from(self.g.cols_len())))
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s: &candle::CudaStorage,
         l: &Layout,
     ) -> Result<(candle::CudaStorage, Shape)> {
-        let st = crate::cuda_launch::im2col(&self.g, s, l, true)?;
+        let st = super::cuda::im2col(&self.g, s, l, true)?;
         Ok((st, Shape::from(self.g.cols_len())))
     }
 
@@ -187,17 +193,18 @@ impl CustomOp1 for Col2im {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let cols = crate::storage::f32_slice("col2im3d", s, l)?;
-        let x = twin::col2im(&self.g, cols).map_err(twin_err)?;
-        Ok((CpuStorage::F32(x), Shape::from(self.g.x_len())))
+        let cols = crate::storage::f32_slice(self.name(), s, l)?;
+        self.g.check(false, cols.len()).map_err(|e| kernel_err(self.name(), e))?;
+        Ok((CpuStorage::F32(cpu::col2im(&self.g, cols)), Shape::from(self.g.x_len())))
     }
 
+    #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
         s: &candle::CudaStorage,
         l: &Layout,
     ) -> Result<(candle::CudaStorage, Shape)> {
-        let st = crate::cuda_launch::im2col(&self.g, s, l, false)?;
+        let st = super::cuda::im2col(&self.g, s, l, false)?;
         Ok((st, Shape::from(self.g.x_len())))
     }
 

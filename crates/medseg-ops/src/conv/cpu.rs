@@ -1,4 +1,6 @@
-//! CPU kernels of 3-D convolution: tiled im2col + GEMM, shared by `conv3d` and `conv_transpose3d`.
+//! CPU kernels of 3-D convolution: tiled im2col + GEMM, shared by `conv3d` and `conv_transpose3d`,
+//! their candle custom ops (`Conv3dOp`, `ConvTranspose3dOp`, the backward `Product`s), and whole-volume
+//! `im2col` / `col2im` (the CPU side of the `Im2col` / `Col2im` ops of `im2col.rs`).
 //!
 //! Geometry is always stated in *convolution* terms: the "image" side `x` `[N, Ci, Di, Hi, Wi]`,
 //! the "column" side `y` `[N, Co, Do, Ho, Wo]` and the weight `[Co, Ci/groups, Kd, Kh, Kw]`.
@@ -11,10 +13,13 @@
 //! The column matrix is never materialised whole (at 96³ with 48 channels it would be 4.6 GB):
 //! work is cut into tiles of whole output rows, each tile is unfolded into a per-thread buffer that
 //! is reused, and multiplied with `gemm` single-threaded while rayon spreads tiles over cores.
+use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use crate::storage::SyncPtr;
+use medseg_kernels::Im2colGeom;
+
+use crate::storage::{SyncPtr, f32_slice};
 
 /// Target number of output positions per tile for the forward and data products (columns of one
 /// GEMM): small enough that the unfolded tile of a 48-channel k3 conv (1296 rows) stays in L2.
@@ -155,15 +160,31 @@ impl ConvGeom {
 
     /// Unfolds channels `0..cb` of `x` for tile `t` into `buf` (`[cb·K, T]`, row-major).
     fn im2col(&self, x: &[f32], cb: usize, t: &Tile, buf: &mut [f32]) {
-        let tl = self.tile_len(t);
+        self.im2col_strided(x, cb, t, buf, self.tile_len(t), 0)
+    }
+
+    /// [`Self::im2col`] into rows of `row_len` elements, the tile's columns starting at `col0`
+    /// (`row_len = T`, `col0 = 0`: a tile buffer; `row_len = Do·Ho·Wo`, `col0` = the tile's start:
+    /// the whole-volume column matrix).
+    fn im2col_strided(
+        &self,
+        x: &[f32],
+        cb: usize,
+        t: &Tile,
+        buf: &mut [f32],
+        row_len: usize,
+        col0: usize,
+    ) {
         let wo = self.out[2];
         let s = self.stride[2];
         let (bufp, buf_len) = (SyncPtr(buf.as_mut_ptr()), buf.len());
-        // SAFETY (both closures): the segment `r·T + j·Wo .. + Wo` lies inside `buf`, which has
-        // `cb·K·T` elements, and the closures never run concurrently.
+        // SAFETY (both closures): the segment `r·row_len + col0 + j·Wo .. + Wo` lies inside `buf`,
+        // which has `cb·K·row_len` elements (the tile's columns end at or before `row_len`), and
+        // the closures never run concurrently.
         let seg = move |r: usize, j: usize| {
-            debug_assert!(r * tl + (j + 1) * wo <= buf_len);
-            unsafe { std::slice::from_raw_parts_mut(bufp.ptr().add(r * tl + j * wo), wo) }
+            let at = r * row_len + col0 + j * wo;
+            debug_assert!(at + wo <= buf_len);
+            unsafe { std::slice::from_raw_parts_mut(bufp.ptr().add(at), wo) }
         };
         self.visit_tile(
             cb,
@@ -188,14 +209,27 @@ impl ConvGeom {
 
     /// Adds the unfolded tile `buf` (`[cb·K, T]`) back into channels `0..cb` of `x` (col2im).
     fn col2im(&self, buf: &[f32], cb: usize, t: &Tile, x: &mut [f32]) {
-        let tl = self.tile_len(t);
+        self.col2im_strided(buf, cb, t, x, self.tile_len(t), 0)
+    }
+
+    /// [`Self::col2im`] from rows of `row_len` elements, the tile's columns starting at `col0`.
+    fn col2im_strided(
+        &self,
+        buf: &[f32],
+        cb: usize,
+        t: &Tile,
+        x: &mut [f32],
+        row_len: usize,
+        col0: usize,
+    ) {
         let wo = self.out[2];
         let s = self.stride[2];
         self.visit_tile(
             cb,
             t,
             |r, j, start, lo, hi, off| {
-                let seg = &buf[r * tl + j * wo..r * tl + (j + 1) * wo];
+                let at = r * row_len + col0 + j * wo;
+                let seg = &buf[at..at + wo];
                 let first = (start as isize + (lo * s) as isize + off) as usize;
                 if s == 1 {
                     for (o, v) in x[first..first + (hi - lo)].iter_mut().zip(&seg[lo..hi]) {
@@ -393,9 +427,206 @@ pub(crate) fn backward_data(g: &ConvGeom, dy: &[f32], w: &[f32]) -> Vec<f32> {
     dx
 }
 
-impl SyncPtr {
-    /// The pointer; a method so closures capture the whole (Sync) wrapper, not the raw field.
-    pub(crate) fn ptr(self) -> *mut f32 {
-        self.0
+/// The single-channel convolution geometry of an im2col call (`volumes` images of one channel).
+fn volume_geom(g: &Im2colGeom) -> ConvGeom {
+    ConvGeom {
+        n: g.volumes,
+        ci: 1,
+        co: 1,
+        groups: 1,
+        img: g.input,
+        out: g.output,
+        k: g.kernel,
+        stride: g.stride,
+        pad: g.padding,
+        dil: g.dilation,
+    }
+}
+
+/// Whole-volume im2col, the contract of `kernels/im2col.cu`: `x` `[volumes, D, H, W]` →
+/// `cols` `[volumes, Kd·Kh·Kw, Do·Ho·Wo]` (0 where a tap falls into the padding).
+pub(crate) fn im2col(g: &Im2colGeom, x: &[f32]) -> Vec<f32> {
+    let cg = volume_geom(g);
+    let (img_len, rows, positions) = (cg.img_len(), cg.rows(), cg.out_len());
+    let tiles = cg.tiles(usize::MAX);
+    let mut cols = vec![0f32; g.cols_len()];
+    cols.par_chunks_mut((rows * positions).max(1)).enumerate().for_each(|(v, cv)| {
+        for t in &tiles {
+            cg.im2col_strided(&x[v * img_len..], 1, t, cv, positions, cg.tile_start(t));
+        }
+    });
+    cols
+}
+
+/// The adjoint of [`im2col`] (col2im): `x[i] = Σ cols[j]` over every entry `j` that reads `x[i]`.
+pub(crate) fn col2im(g: &Im2colGeom, cols: &[f32]) -> Vec<f32> {
+    let cg = volume_geom(g);
+    let (img_len, rows, positions) = (cg.img_len(), cg.rows(), cg.out_len());
+    let tiles = cg.tiles(usize::MAX);
+    let mut x = vec![0f32; g.x_len()];
+    x.par_chunks_mut(img_len.max(1)).enumerate().for_each(|(v, xv)| {
+        let cv = &cols[v * rows * positions..(v + 1) * rows * positions];
+        for t in &tiles {
+            cg.col2im_strided(cv, 1, t, xv, positions, cg.tile_start(t));
+        }
+    });
+    x
+}
+
+/// For a stride-1, single-group convolution, the geometry of the forward convolution that
+/// computes its data gradient: input `dy`, weight `flip(Wᵀ)`, padding `d·(k − 1) − p`.
+fn data_grad_as_forward(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.groups != 1 || g.stride != [1; 3] {
+        return None;
+    }
+    let [p0, p1, p2] = [0, 1, 2].map(|a| (g.dil[a] * (g.k[a] - 1)).checked_sub(g.pad[a]));
+    let pad = [p0?, p1?, p2?];
+    Some(ConvGeom { ci: g.co, co: g.ci, img: g.out, out: g.img, pad, ..*g })
+}
+
+/// `[Co, Ci, kd, kh, kw]` → `[Ci, Co, kd, kh, kw]` reversed along the three kernel axes.
+fn flip_transpose(w: &Tensor) -> Result<Tensor> {
+    let (co, ci, k0, k1, k2) = w.dims5()?;
+    let v = w.flatten_all()?.to_vec1::<f32>()?;
+    let kv = k0 * k1 * k2;
+    let mut out = vec![0f32; v.len()];
+    for o in 0..co {
+        for i in 0..ci {
+            let src = &v[(o * ci + i) * kv..(o * ci + i + 1) * kv];
+            let dst = &mut out[(i * co + o) * kv..(i * co + o + 1) * kv];
+            for (j, d) in dst.iter_mut().enumerate() {
+                *d = src[kv - 1 - j];
+            }
+        }
+    }
+    Tensor::from_vec(out, (ci, co, k0, k1, k2), w.device())
+}
+
+/// conv3d as a custom op on (x, w).
+pub(crate) struct Conv3dOp(pub(crate) ConvGeom);
+
+impl CustomOp2 for Conv3dOp {
+    fn name(&self) -> &'static str {
+        "conv3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let y = forward(g, f32_slice("conv3d", s1, l1)?, f32_slice("conv3d", s2, l2)?);
+        let [d, h, w] = g.out;
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, d, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = match (x.track_op(), data_grad_as_forward(&self.0)) {
+            (false, _) => None,
+            // Stride 1: dx is a forward convolution of dy with the flipped, transposed weight,
+            // which runs at the forward product's speed (the col2im product has GEMM k = Co only).
+            (true, Some(g)) => {
+                Some(dy.apply_op2_no_bwd(&flip_transpose(w)?, &Product::Forward(g))?)
+            }
+            (true, None) => Some(dy.apply_op2_no_bwd(w, &Product::Data(self.0))?),
+        };
+        let dw = x.apply_op2_no_bwd(&dy, &Product::Weight(self.0))?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// conv_transpose3d as a custom op on (x, w); its geometry is that of the adjoint convolution.
+pub(crate) struct ConvTranspose3dOp(pub(crate) ConvGeom);
+
+impl CustomOp2 for ConvTranspose3dOp {
+    fn name(&self) -> &'static str {
+        "conv_transpose3d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.0;
+        let name = "conv_transpose3d";
+        let y = backward_data(g, f32_slice(name, s1, l1)?, f32_slice(name, s2, l2)?);
+        let [d, h, w] = g.img;
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.ci, d, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &Product::Forward(self.0))?)
+        } else {
+            None
+        };
+        let dw = dy.apply_op2_no_bwd(x, &Product::Weight(self.0))?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// The three raw products of this file, as graph-cutting ops used inside backward passes.
+enum Product {
+    /// (x, w) → y
+    Forward(ConvGeom),
+    /// (dy, w) → dx
+    Data(ConvGeom),
+    /// (x, dy) → dw
+    Weight(ConvGeom),
+}
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        match self {
+            Product::Forward(_) => "conv3d_forward_product",
+            Product::Data(_) => "conv3d_data_product",
+            Product::Weight(_) => "conv3d_weight_product",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (f32_slice(self.name(), s1, l1)?, f32_slice(self.name(), s2, l2)?);
+        let (out, shape) = match self {
+            Product::Forward(g) => {
+                let [d, h, w] = g.out;
+                (forward(g, a, b), Shape::from((g.n, g.co, d, h, w)))
+            }
+            Product::Data(g) => {
+                let [d, h, w] = g.img;
+                (backward_data(g, a, b), Shape::from((g.n, g.ci, d, h, w)))
+            }
+            Product::Weight(g) => {
+                let [k0, k1, k2] = g.k;
+                let shape = Shape::from((g.co, g.ci / g.groups, k0, k1, k2));
+                (backward_weight(g, a, b), shape)
+            }
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 }

@@ -5,10 +5,10 @@
 //! weights ([`Taps`]); nearest is the special case of one tap. The fast path gathers the 8 taps in
 //! one pass and scatters them back in backward; [`interpolate3d_reference`] applies the three axes
 //! one after the other with `index_select` and candle's autograd.
-use candle::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
+use candle::{Result, Tensor};
 
-use crate::storage::{f32_contiguous, f32_slice};
+use super::cpu::Interpolate;
+use crate::storage::{composed_in_f32, f32_contiguous};
 
 /// Interpolation kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,9 +32,8 @@ pub enum Resize {
 /// Resizes `x` `[N, C, D, H, W]`.
 pub fn interpolate3d(x: &Tensor, resize: Resize, mode: InterpolationMode) -> Result<Tensor> {
     let taps = plan(x, resize, mode)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda_ops::interpolate3d(x, resize, mode);
+    if !x.device().is_cpu() {
+        return composed_in_f32(x, |x| interpolate3d_reference(x, resize, mode));
     }
     let dtype = x.dtype();
     f32_contiguous(x)?.apply_op1(Interpolate { taps })?.to_dtype(dtype)
@@ -68,16 +67,16 @@ pub fn interpolate3d_reference(
 
 /// Source indices and weights along one axis.
 #[derive(Debug, Clone, PartialEq)]
-struct Taps {
-    in_len: usize,
-    i0: Vec<usize>,
-    i1: Vec<usize>,
-    w0: Vec<f32>,
-    w1: Vec<f32>,
+pub(crate) struct Taps {
+    pub(crate) in_len: usize,
+    pub(crate) i0: Vec<usize>,
+    pub(crate) i1: Vec<usize>,
+    pub(crate) w0: Vec<f32>,
+    pub(crate) w1: Vec<f32>,
 }
 
 impl Taps {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.i0.len()
     }
 
@@ -152,106 +151,4 @@ fn plan(x: &Tensor, resize: Resize, mode: InterpolationMode) -> Result<[Taps; 3]
         candle::bail!("interpolate3d: output size {out:?} for input {inp:?} has an empty axis")
     }
     Ok([0, 1, 2].map(|a| Taps::new(inp[a], out[a], factors[a], mode)))
-}
-
-/// The 8-tap gather, with a scatter backward.
-struct Interpolate {
-    taps: [Taps; 3],
-}
-
-impl Interpolate {
-    fn in_len(&self) -> usize {
-        self.taps.iter().map(|t| t.in_len).product()
-    }
-    fn out_len(&self) -> usize {
-        self.taps.iter().map(Taps::len).product()
-    }
-}
-
-impl CustomOp1 for Interpolate {
-    fn name(&self) -> &'static str {
-        "interpolate3d"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(self.name(), s, l)?;
-        let [td, th, tw] = &self.taps;
-        let (hi, wi) = (th.in_len, tw.in_len);
-        let (in_len, plane) = (self.in_len(), th.len() * tw.len());
-        let mut y = vec![0f32; x.len() / in_len * self.out_len()];
-        // One task per (n, c, od) output plane.
-        y.par_chunks_mut(plane).enumerate().for_each(|(task, yp)| {
-            let (nc, od) = (task / td.len(), task % td.len());
-            let xc = &x[nc * in_len..(nc + 1) * in_len];
-            let mut k = 0;
-            for oh in 0..th.len() {
-                for ow in 0..tw.len() {
-                    let mut acc = 0f32;
-                    for (id, wd) in [(td.i0[od], td.w0[od]), (td.i1[od], td.w1[od])] {
-                        for (ih, wh) in [(th.i0[oh], th.w0[oh]), (th.i1[oh], th.w1[oh])] {
-                            let row = (id * hi + ih) * wi;
-                            acc += wd
-                                * wh
-                                * (tw.w0[ow] * xc[row + tw.i0[ow]]
-                                    + tw.w1[ow] * xc[row + tw.i1[ow]]);
-                        }
-                    }
-                    yp[k] = acc;
-                    k += 1;
-                }
-            }
-        });
-        let dims = l.dims();
-        let shape = Shape::from((dims[0], dims[1], td.len(), th.len(), tw.len()));
-        Ok((CpuStorage::F32(y), shape))
-    }
-
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let dx = dy.contiguous()?.apply_op1_no_bwd(&InterpolateBackward {
-            taps: self.taps.clone(),
-            in_shape: x.shape().clone(),
-        })?;
-        Ok(Some(dx))
-    }
-}
-
-/// Adjoint of [`Interpolate`]: scatters `dy` onto the taps, one task per (n, c) channel.
-struct InterpolateBackward {
-    taps: [Taps; 3],
-    in_shape: Shape,
-}
-
-impl CustomOp1 for InterpolateBackward {
-    fn name(&self) -> &'static str {
-        "interpolate3d_backward"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dy = f32_slice(self.name(), s, l)?;
-        let [td, th, tw] = &self.taps;
-        let (hi, wi) = (th.in_len, tw.in_len);
-        let in_len = td.in_len * hi * wi;
-        let out_len = td.len() * th.len() * tw.len();
-        let mut dx = vec![0f32; self.in_shape.elem_count()];
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dxc, dyc)| {
-            let mut k = 0;
-            for od in 0..td.len() {
-                for oh in 0..th.len() {
-                    for ow in 0..tw.len() {
-                        let g = dyc[k];
-                        k += 1;
-                        for (id, wd) in [(td.i0[od], td.w0[od]), (td.i1[od], td.w1[od])] {
-                            for (ih, wh) in [(th.i0[oh], th.w0[oh]), (th.i1[oh], th.w1[oh])] {
-                                let row = (id * hi + ih) * wi;
-                                let gw = g * wd * wh;
-                                dxc[row + tw.i0[ow]] += gw * tw.w0[ow];
-                                dxc[row + tw.i1[ow]] += gw * tw.w1[ow];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-        Ok((CpuStorage::F32(dx), self.in_shape.clone()))
-    }
 }

@@ -1,222 +1,12 @@
-//! Differentiable normalisations: `instance_norm3d` and `layer_norm` (last dim).
-//!
-//! Both normalise contiguous rows (instance norm: `N·C` rows of `D·H·W` voxels; layer norm: rows of
-//! `C` channels) with a biased variance, so one custom op ([`NormalizeRows`]) with an analytic
-//! backward serves both. The optional affine part is composed from candle ops. References:
-//! [`instance_norm3d_reference`], [`layer_norm_reference`], composed from candle ops.
-//!
-//! [`instance_norm_leaky_relu`] fuses the `InstanceNorm → (+ residual) → LeakyReLU` tail of
-//! MONAI's `UnetResBlock` into one graph node, so the normalised map and the sum are never kept
-//! for the backward pass (candle keeps every op's inputs alive until the loss is dropped).
-use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, D, Layout, Result, Shape, Tensor};
+//! CPU kernels of the normalisations: row normalisation (instance norm and layer norm), the fused
+//! instance norm + leaky ReLU and the fused layer norm with affine, each a candle custom op with an
+//! analytic backward.
+use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::activation::{Unary, UnaryBackward};
 use crate::simd::{sum_f32, sum_sq_dev};
-use crate::storage::{f32_contiguous, f32_slice};
-
-/// Instance normalisation of `x` `[N, C, D, H, W]` (any rank ≥ 3): per sample and channel,
-/// biased variance over all spatial voxels, then `γ·x̂ + β` when `weight`/`bias` (`[C]`) are given.
-///
-/// Matches `torch.nn.functional.instance_norm` without running statistics. A single-voxel map
-/// normalises to zeros (PyTorch raises in training mode; callers that train should reject it).
-pub fn instance_norm3d(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<Tensor> {
-    let (c, spatial) = check_instance("instance_norm3d", x, weight, bias)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda_ops::instance_norm3d(x, weight, bias, eps);
-    }
-    let dtype = x.dtype();
-    let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: spatial })?;
-    affine(y, weight, bias, &channel_shape(x.rank(), c))?.to_dtype(dtype)
-}
-
-/// `leaky_relu(instance_norm3d(x) + residual)` without affine parameters, as one op.
-///
-/// The backward pass needs only `x`, the output and (when given) nothing of `residual`:
-/// `lrelu'` is read off the output's sign (valid for `negative_slope ≥ 0`), the normalisation's
-/// gradient is [`instance_norm3d`]'s. Reference: [`instance_norm_leaky_relu_reference`].
-///
-/// # Shapes
-/// `x` `[N, C, spatial…]`, `residual` the same shape → the same shape.
-pub fn instance_norm_leaky_relu(
-    x: &Tensor,
-    residual: Option<&Tensor>,
-    eps: f64,
-    negative_slope: f64,
-) -> Result<Tensor> {
-    let (_, spatial) = check_instance("instance_norm_leaky_relu", x, None, None)?;
-    if !(negative_slope >= 0.0 && negative_slope.is_finite()) {
-        candle::bail!("instance_norm_leaky_relu: negative_slope must be ≥ 0, got {negative_slope}")
-    }
-    if let Some(r) = residual
-        && r.dims() != x.dims()
-    {
-        candle::bail!(
-            "instance_norm_leaky_relu: residual {:?} must have the shape of x {:?}",
-            r.dims(),
-            x.dims()
-        )
-    }
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        // No fused CUDA kernel: the CUDA instance norm and leaky ReLU, composed.
-        let y = plus(instance_norm3d(x, None, None, eps)?, residual)?;
-        return crate::activation::leaky_relu(&y, negative_slope);
-    }
-    let dtype = x.dtype();
-    let op = NormLeaky { eps: eps as f32, len: spatial, slope: negative_slope as f32 };
-    let x32 = f32_contiguous(x)?;
-    let y = match residual {
-        None => x32.apply_op1(op)?,
-        Some(r) => x32.apply_op2(&f32_contiguous(r)?, op)?,
-    };
-    y.to_dtype(dtype)
-}
-
-/// Composed reference of [`instance_norm_leaky_relu`].
-pub fn instance_norm_leaky_relu_reference(
-    x: &Tensor,
-    residual: Option<&Tensor>,
-    eps: f64,
-    negative_slope: f64,
-) -> Result<Tensor> {
-    let y = plus(instance_norm3d_reference(x, None, None, eps)?, residual)?;
-    crate::activation::leaky_relu_reference(&y, negative_slope)
-}
-
-/// `y + r`, or `y` without a residual.
-fn plus(y: Tensor, r: Option<&Tensor>) -> Result<Tensor> {
-    match r {
-        Some(r) => y + r,
-        None => Ok(y),
-    }
-}
-
-/// Layer normalisation over the last dimension with biased variance, then `γ·x̂ + β`.
-///
-/// Differentiable in all inputs, unlike candle-nn's fast `layer_norm` / `LayerNorm` module.
-pub fn layer_norm(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<Tensor> {
-    let c = check_last("layer_norm", x, weight, bias)?;
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda_ops::layer_norm(x, weight, bias, eps);
-    }
-    let dtype = x.dtype();
-    if let (Some(w), Some(b)) = (weight, bias) {
-        // The common case (Swin blocks): one fused op, forward and backward.
-        let op = LayerNormAffine { eps: eps as f32, len: c };
-        return f32_contiguous(x)?
-            .apply_op3(&f32_contiguous(w)?, &f32_contiguous(b)?, op)?
-            .to_dtype(dtype);
-    }
-    let y = f32_contiguous(x)?.apply_op1(NormalizeRows { eps: eps as f32, len: c })?;
-    affine(y, weight, bias, &[c])?.to_dtype(dtype)
-}
-
-/// Composed reference of [`instance_norm3d`] (mean, centred square, sqrt, divide).
-pub fn instance_norm3d_reference(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<Tensor> {
-    let (c, _) = check_instance("instance_norm3d", x, weight, bias)?;
-    let dims: Vec<usize> = (2..x.rank()).collect();
-    let mean = x.mean_keepdim(dims.as_slice())?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(dims.as_slice())?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    affine(y, weight, bias, &channel_shape(x.rank(), c))
-}
-
-/// Composed reference of [`layer_norm`] (the same math as candle-nn's `layer_norm_slow`).
-pub fn layer_norm_reference(
-    x: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
-    eps: f64,
-) -> Result<Tensor> {
-    let c = check_last("layer_norm", x, weight, bias)?;
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let xc = x.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let y = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
-    affine(y, weight, bias, &[c])
-}
-
-fn channel_shape(rank: usize, c: usize) -> Vec<usize> {
-    let mut s = vec![1; rank];
-    s[1] = c;
-    s
-}
-
-fn affine(y: Tensor, w: Option<&Tensor>, b: Option<&Tensor>, shape: &[usize]) -> Result<Tensor> {
-    let y = match w {
-        Some(w) => y.broadcast_mul(&w.to_dtype(y.dtype())?.reshape(shape)?)?,
-        None => y,
-    };
-    match b {
-        Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?.reshape(shape)?),
-        None => Ok(y),
-    }
-}
-
-fn check_params(op: &str, c: usize, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<()> {
-    for (name, t) in [("weight", w), ("bias", b)] {
-        if let Some(t) = t
-            && t.dims() != [c]
-        {
-            candle::bail!("{op}: {name} must have shape [{c}], got {:?}", t.dims())
-        }
-    }
-    Ok(())
-}
-
-fn check_instance(
-    op: &str,
-    x: &Tensor,
-    w: Option<&Tensor>,
-    b: Option<&Tensor>,
-) -> Result<(usize, usize)> {
-    if x.rank() < 3 || !x.dtype().is_float() {
-        candle::bail!(
-            "{op}: expected a float tensor [N, C, spatial…], got {:?} {:?}",
-            x.dtype(),
-            x.dims()
-        )
-    }
-    let c = x.dim(1)?;
-    let spatial: usize = x.dims()[2..].iter().product();
-    if spatial == 0 {
-        candle::bail!("{op}: empty spatial extent in {:?}", x.dims())
-    }
-    check_params(op, c, w, b)?;
-    Ok((c, spatial))
-}
-
-fn check_last(op: &str, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<usize> {
-    if x.rank() == 0 || !x.dtype().is_float() || x.dim(D::Minus1)? == 0 {
-        candle::bail!(
-            "{op}: expected a float tensor with a non-empty last dim, got {:?} {:?}",
-            x.dtype(),
-            x.dims()
-        )
-    }
-    let c = x.dim(D::Minus1)?;
-    check_params(op, c, w, b)?;
-    Ok(c)
-}
+use crate::storage::f32_slice;
 
 /// Rows per rayon task so that each task touches at least ~16K elements.
 fn rows_per_task(len: usize) -> usize {
@@ -232,9 +22,9 @@ fn row_stats(row: &[f32], eps: f32) -> (f32, f32) {
 }
 
 /// `(x − mean) / sqrt(var + eps)` over contiguous rows of `len` elements.
-struct NormalizeRows {
-    eps: f32,
-    len: usize,
+pub(crate) struct NormalizeRows {
+    pub(crate) eps: f32,
+    pub(crate) len: usize,
 }
 
 impl CustomOp1 for NormalizeRows {
@@ -277,10 +67,10 @@ fn normalize_rows(
 /// `leaky_relu(x̂ (+ r))` over rows of `len` ([`instance_norm_leaky_relu`]); one op with or
 /// without the residual `r`.
 #[derive(Debug, Clone, Copy)]
-struct NormLeaky {
-    eps: f32,
-    len: usize,
-    slope: f32,
+pub(crate) struct NormLeaky {
+    pub(crate) eps: f32,
+    pub(crate) len: usize,
+    pub(crate) slope: f32,
 }
 
 impl NormLeaky {
@@ -398,9 +188,9 @@ impl CustomOp2 for NormalizeRowsBackward {
 }
 
 /// Layer norm with affine parameters in one pass: `y = x̂·γ + β` over rows of `len`.
-struct LayerNormAffine {
-    eps: f32,
-    len: usize,
+pub(crate) struct LayerNormAffine {
+    pub(crate) eps: f32,
+    pub(crate) len: usize,
 }
 
 impl CustomOp3 for LayerNormAffine {

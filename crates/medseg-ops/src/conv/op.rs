@@ -1,12 +1,14 @@
 //! `conv3d` and `conv_transpose3d` on `[N, C, D, H, W]` tensors, PyTorch semantics and layouts.
 //!
-//! Fast path: the tiled im2col + GEMM kernels of `conv_kernels` wrapped as candle custom ops with
-//! backward. Reference: [`conv3d_reference`] / [`conv_transpose3d_reference`], composed from
-//! differentiable candle ops (pad, index_select, matmul), used as the test oracle.
-use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+//! On CPU: the tiled im2col + GEMM kernels of `cpu.rs`, as candle custom ops with backward. On
+//! other devices: the im2col / col2im custom ops of `im2col.rs` (a CUDA kernel each) around the
+//! device's GEMM. Reference: [`conv3d_reference`] / [`conv_transpose3d_reference`], composed from
+//! differentiable candle ops (pad, index_select, matmul), the test oracle of both.
+use candle::{CustomOp2, Result, Tensor};
 
-use crate::conv_kernels::{self, ConvGeom};
-use crate::storage::{f32_contiguous, f32_slice};
+use super::cpu::{Conv3dOp, ConvGeom, ConvTranspose3dOp};
+use super::im2col::{conv_transpose3d_col2im, conv3d_im2col};
+use crate::storage::f32_contiguous;
 
 /// Hyper-parameters of [`conv3d`], per spatial axis (D, H, W); mirrors `torch.nn.functional.conv3d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +69,8 @@ impl ConvTranspose3dConfig {
 /// Output `[N, Co, Do, Ho, Wo]` with `Do = (D + 2p − d·(k − 1) − 1) / s + 1` per axis.
 /// f32 runs natively; other float dtypes are computed in f32 and cast back.
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda_ops::conv3d(x, w, bias, cfg);
+    if !x.device().is_cpu() {
+        return conv3d_im2col(x, w, bias, cfg);
     }
     apply_conv(x, w, bias, Conv3dOp(conv_geom(x, w, bias, cfg)?))
 }
@@ -85,9 +86,8 @@ pub fn conv_transpose3d(
     bias: Option<&Tensor>,
     cfg: &ConvTranspose3dConfig,
 ) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if x.device().is_cuda() {
-        return crate::cuda_ops::conv_transpose3d(x, w, bias, cfg);
+    if !x.device().is_cpu() {
+        return conv_transpose3d_col2im(x, w, bias, cfg);
     }
     apply_conv(x, w, bias, ConvTranspose3dOp(conv_transpose_geom(x, w, bias, cfg)?))
 }
@@ -366,163 +366,4 @@ fn conv_transpose_geom(
         pad: cfg.padding,
         dil: cfg.dilation,
     })
-}
-
-/// For a stride-1, single-group convolution, the geometry of the forward convolution that
-/// computes its data gradient: input `dy`, weight `flip(Wᵀ)`, padding `d·(k − 1) − p`.
-fn data_grad_as_forward(g: &ConvGeom) -> Option<ConvGeom> {
-    if g.groups != 1 || g.stride != [1; 3] {
-        return None;
-    }
-    let [p0, p1, p2] = [0, 1, 2].map(|a| (g.dil[a] * (g.k[a] - 1)).checked_sub(g.pad[a]));
-    let pad = [p0?, p1?, p2?];
-    Some(ConvGeom { ci: g.co, co: g.ci, img: g.out, out: g.img, pad, ..*g })
-}
-
-/// `[Co, Ci, kd, kh, kw]` → `[Ci, Co, kd, kh, kw]` reversed along the three kernel axes.
-fn flip_transpose(w: &Tensor) -> Result<Tensor> {
-    let (co, ci, k0, k1, k2) = w.dims5()?;
-    let v = w.flatten_all()?.to_vec1::<f32>()?;
-    let kv = k0 * k1 * k2;
-    let mut out = vec![0f32; v.len()];
-    for o in 0..co {
-        for i in 0..ci {
-            let src = &v[(o * ci + i) * kv..(o * ci + i + 1) * kv];
-            let dst = &mut out[(i * co + o) * kv..(i * co + o + 1) * kv];
-            for (j, d) in dst.iter_mut().enumerate() {
-                *d = src[kv - 1 - j];
-            }
-        }
-    }
-    Tensor::from_vec(out, (ci, co, k0, k1, k2), w.device())
-}
-
-/// conv3d as a custom op on (x, w).
-struct Conv3dOp(ConvGeom);
-
-impl CustomOp2 for Conv3dOp {
-    fn name(&self) -> &'static str {
-        "conv3d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let y =
-            conv_kernels::forward(g, f32_slice("conv3d", s1, l1)?, f32_slice("conv3d", s2, l2)?);
-        let [d, h, w] = g.out;
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, d, h, w))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = match (x.track_op(), data_grad_as_forward(&self.0)) {
-            (false, _) => None,
-            // Stride 1: dx is a forward convolution of dy with the flipped, transposed weight,
-            // which runs at the forward product's speed (the col2im product has GEMM k = Co only).
-            (true, Some(g)) => {
-                Some(dy.apply_op2_no_bwd(&flip_transpose(w)?, &Product::Forward(g))?)
-            }
-            (true, None) => Some(dy.apply_op2_no_bwd(w, &Product::Data(self.0))?),
-        };
-        let dw = x.apply_op2_no_bwd(&dy, &Product::Weight(self.0))?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-/// conv_transpose3d as a custom op on (x, w); its geometry is that of the adjoint convolution.
-struct ConvTranspose3dOp(ConvGeom);
-
-impl CustomOp2 for ConvTranspose3dOp {
-    fn name(&self) -> &'static str {
-        "conv_transpose3d"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let name = "conv_transpose3d";
-        let y = conv_kernels::backward_data(g, f32_slice(name, s1, l1)?, f32_slice(name, s2, l2)?);
-        let [d, h, w] = g.img;
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.ci, d, h, w))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        dy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dy = dy.contiguous()?;
-        let dx = if x.track_op() {
-            Some(dy.apply_op2_no_bwd(w, &Product::Forward(self.0))?)
-        } else {
-            None
-        };
-        let dw = dy.apply_op2_no_bwd(x, &Product::Weight(self.0))?;
-        Ok((dx, Some(dw)))
-    }
-}
-
-/// The three raw products of `conv_kernels`, as graph-cutting ops used inside backward passes.
-enum Product {
-    /// (x, w) → y
-    Forward(ConvGeom),
-    /// (dy, w) → dx
-    Data(ConvGeom),
-    /// (x, dy) → dw
-    Weight(ConvGeom),
-}
-
-impl CustomOp2 for Product {
-    fn name(&self) -> &'static str {
-        match self {
-            Product::Forward(_) => "conv3d_forward_product",
-            Product::Data(_) => "conv3d_data_product",
-            Product::Weight(_) => "conv3d_weight_product",
-        }
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (a, b) = (f32_slice(self.name(), s1, l1)?, f32_slice(self.name(), s2, l2)?);
-        let (out, shape) = match self {
-            Product::Forward(g) => {
-                let [d, h, w] = g.out;
-                (conv_kernels::forward(g, a, b), Shape::from((g.n, g.co, d, h, w)))
-            }
-            Product::Data(g) => {
-                let [d, h, w] = g.img;
-                (conv_kernels::backward_data(g, a, b), Shape::from((g.n, g.ci, d, h, w)))
-            }
-            Product::Weight(g) => {
-                let [k0, k1, k2] = g.k;
-                let shape = Shape::from((g.co, g.ci / g.groups, k0, k1, k2));
-                (conv_kernels::backward_weight(g, a, b), shape)
-            }
-        };
-        Ok((CpuStorage::F32(out), shape))
-    }
 }
