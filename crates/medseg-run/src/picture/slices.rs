@@ -105,11 +105,7 @@ fn parse_axcodes(codes: &str) -> Result<[char; 3]> {
 
 /// The panel of `view` through the middle of a `dims` grid with axis codes `axcodes`:
 /// `(width, height, flat voxel index of each pixel in row-major order)`.
-pub fn slice_index(
-    view: View,
-    dims: [usize; 3],
-    axcodes: &str,
-) -> Result<(usize, usize, Vec<usize>)> {
+pub fn slice_index(view: View, dims: [usize; 3], axcodes: &str) -> Result<Panel> {
     let codes = parse_axcodes(axcodes)?;
     let (sx, sy) = view.screen();
     let axis_of = |dir: char| -> Result<usize> {
@@ -138,6 +134,9 @@ pub fn slice_index(
     Ok((w, h, idx))
 }
 
+/// A panel's width, height and the flat voxel index of each pixel ([`slice_index`]).
+type Panel = (usize, usize, Vec<usize>);
+
 const BG: [u8; 3] = [255, 255, 255];
 const INK: [u8; 3] = [0, 0, 0];
 /// Longest panel side in pixels.
@@ -160,7 +159,7 @@ fn draw(fig: &Figure<'_>) -> Result<Canvas> {
         )));
     }
     let codes = fig.axcodes.unwrap_or("RAS");
-    let panels: Vec<(View, (usize, usize, Vec<usize>))> =
+    let panels: Vec<(View, Panel)> =
         View::ALL.iter().map(|&v| Ok((v, slice_index(v, dims, codes)?))).collect::<Result<_>>()?;
     let scale = PANEL / dims.iter().copied().max().unwrap_or(1) as f64;
     let size = |k: usize| ((k as f64 * scale).round() as usize).max(1);
