@@ -125,11 +125,8 @@ fn write_data(dir: &Path, contrast: OrganContrast) -> Result<()> {
     });
     for (name, json) in [("pretrain.json", pretrain), ("finetune.json", finetune)] {
         let path = dir.join(name);
-        medseg_train::checkpoint::write_atomic(
-            &path,
-            serde_json::to_string_pretty(&json)?.as_bytes(),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        medseg_run::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -293,7 +290,7 @@ fn main() -> Result<()> {
         (args.lr.unwrap_or(optim.lr), args.encoder_lr_scale.unwrap_or(optim.encoder_lr_scale));
     let text = summary(&args, lrs, &ckpt, &classes, &runs);
     let path = args.out.join("summary.md");
-    medseg_train::checkpoint::write_atomic(&path, text.as_bytes())
+    medseg_run::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     println!("{text}");
     eprintln!("wrote {}", path.display());

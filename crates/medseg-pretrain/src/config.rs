@@ -213,7 +213,7 @@ impl PretrainConfig {
 
     /// Reads a TOML file, or a preset when `path_or_preset` names one and is not a file.
     pub fn load(path_or_preset: &str) -> Result<Self> {
-        let (text, origin) = medseg_train::config::config_text(path_or_preset, preset_text)?;
+        let (text, origin) = medseg_run::config::config_text(path_or_preset, preset_text)?;
         PretrainConfig::from_toml(&text, &origin)
     }
 
@@ -319,16 +319,13 @@ impl PretrainConfig {
     /// Validates and resolves paths; the run folder is `<output.dir>/<name>-<timestamp>`.
     pub fn resolve(self) -> Result<PretrainPlan> {
         self.validate()?;
-        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
-        let datalists = self.data.datalists.iter().map(|p| abs(p)).collect();
-        let folders = self.data.folders.iter().map(|p| abs(p)).collect();
-        let base_dir = self.data.base_dir.as_deref().map(abs);
-        let run_dir = abs(&self.output.dir).join(format!(
-            "{}-{}",
-            self.name,
-            medseg_train::config::utc_stamp()
-        ));
+        let abs = medseg_run::config::absolute;
+        let datalists =
+            self.data.datalists.iter().map(|p| abs(p)).collect::<medseg_run::Result<_>>()?;
+        let folders =
+            self.data.folders.iter().map(|p| abs(p)).collect::<medseg_run::Result<_>>()?;
+        let base_dir = self.data.base_dir.as_deref().map(abs).transpose()?;
+        let run_dir = medseg_run::config::run_dir_proposal(&self.output.dir, &self.name)?;
         Ok(PretrainPlan { config: self, datalists, folders, base_dir, run_dir })
     }
 }
@@ -344,7 +341,8 @@ pub struct PretrainPlan {
     pub folders: Vec<PathBuf>,
     /// Absolute `base_dir`, if set.
     pub base_dir: Option<PathBuf>,
-    /// The run folder (created by the pretrainer).
+    /// The proposed run folder, created exclusively by the pretrainer (`-2`, `-3`… when it
+    /// exists).
     pub run_dir: PathBuf,
 }
 

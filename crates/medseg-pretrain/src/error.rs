@@ -10,9 +10,12 @@ pub enum Error {
     /// The data pipeline failed.
     #[error(transparent)]
     Data(#[from] medseg_data::Error),
-    /// A checkpoint, optimiser or output helper of medseg-train failed.
+    /// The optimiser (medseg-train's AdamW) failed.
     #[error(transparent)]
     Train(#[from] medseg_train::Error),
+    /// Run infrastructure failed: the run folder or its lock, a checkpoint, an output file.
+    #[error(transparent)]
+    Run(#[from] medseg_run::Error),
     /// An operating-system I/O error on a named path.
     #[error("{path}: {source}")]
     Io {
@@ -58,14 +61,6 @@ pub enum Error {
         contrast: f64,
         /// Reconstruction term.
         recon: f64,
-    },
-    /// A checkpoint is missing, unreadable or inconsistent.
-    #[error("checkpoint {path}: {reason}")]
-    Checkpoint {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
     },
 }
 

@@ -9,8 +9,8 @@ use candle::{Tensor, Var};
 use candle_nn::VarMap;
 use medseg_train::optim::{AdamW, AdamWConfig, Grads};
 
+use crate::Result;
 use crate::config::{OptimConfig, OptimKind};
-use crate::{Error, Result};
 
 /// `torch.optim.SGD` with momentum and coupled weight decay.
 #[derive(Debug)]
@@ -70,14 +70,15 @@ impl Sgd {
                 None => None,
                 Some(b) if b.dims() == var.dims() => Some(b.to_device(var.device())?),
                 Some(b) => {
-                    return Err(Error::Checkpoint {
-                        path: path.to_path_buf(),
-                        reason: format!(
+                    return Err(medseg_run::Error::checkpoint(
+                        path,
+                        format!(
                             "momentum of {n:?} has shape {:?}, parameter {:?}",
                             b.dims(),
                             var.dims()
                         ),
-                    });
+                    )
+                    .into());
                 }
             };
         }

@@ -1,10 +1,11 @@
-//! Run outputs: `metrics.csv`, `loss.png` (total and the three terms, log10) and the
+//! Run outputs: `metrics.csv`, `loss.png` (total and the three terms, log scale) and the
 //! reconstruction panels `recon/step_NNNNNN.png` (mid-slices of the rotated input, the augmented
-//! input the network saw and its reconstruction). Drawn with medseg-train's canvas; atomic writes.
+//! input the network saw and its reconstruction). Drawn with medseg-run's `picture` module;
+//! atomic writes.
 use std::fmt::Write as _;
 use std::path::Path;
 
-use medseg_train::output::{Canvas, plot};
+use medseg_run::picture::{Figure, PlotSpec, Row, Series, line_plot, slice_figure};
 
 use crate::Result;
 
@@ -69,18 +70,38 @@ pub fn metrics_csv(rows: &[LogRow]) -> String {
     s
 }
 
-/// `loss.png`: total (blue), rotation (red), contrastive (green), reconstruction (orange),
-/// validation reconstruction (purple), log10 scale.
+/// `loss.png`: total, rotation, contrastive and reconstruction losses and the validation
+/// reconstruction loss per step, log scale, with a legend.
 pub fn loss_plot(path: &Path, rows: &[LogRow]) -> Result<()> {
-    let s = |f: &dyn Fn(&LogRow) -> f64| rows.iter().map(|r| (r.step as f64, f(r))).collect();
-    let val: Vec<(f64, f64)> =
-        rows.iter().filter_map(|r| Some((r.step as f64, r.val_recon?))).collect();
-    plot(path, &[s(&|r| r.loss), s(&|r| r.rot), s(&|r| r.contrast), s(&|r| r.recon), val], true)?;
-    Ok(())
+    let s = |label: &str, f: &dyn Fn(&LogRow) -> f64| Series {
+        label: label.into(),
+        points: rows.iter().map(|r| (r.step as f64, f(r))).collect(),
+    };
+    let val = Series {
+        label: "validation reconstruction".into(),
+        points: rows.iter().filter_map(|r| Some((r.step as f64, r.val_recon?))).collect(),
+    };
+    let series = [
+        s("total", &|r| r.loss),
+        s("rotation (weighted)", &|r| r.rot),
+        s("contrastive (weighted)", &|r| r.contrast),
+        s("reconstruction (weighted)", &|r| r.recon),
+        val,
+    ];
+    let spec = PlotSpec {
+        title: "Pretraining losses",
+        x_label: "optimiser step",
+        y_label: "loss (log scale)",
+        log_y: true,
+        y_range: None,
+        series: &series,
+    };
+    Ok(line_plot(path, &spec)?)
 }
 
-/// Three rows (rotated input, augmented input, reconstruction) of two mid-slices (fixing the
-/// first and the last spatial axis) of one sample `[X, Y, Z]`; values clamped to `[0, 1]`.
+/// Three rows (the rotated input, the augmented input the network saw, its reconstruction) of
+/// three mid-slices of one sample `[X, Y, Z]`; values clamped to `[0, 1]`. The views are
+/// rotated by the pretext task, so the panels carry no orientation letters.
 pub fn recon_png(
     path: &Path,
     target: &[f32],
@@ -88,32 +109,17 @@ pub fn recon_png(
     rec: &[f32],
     dims: [usize; 3],
 ) -> Result<()> {
-    let [nx, ny, nz] = dims;
-    let at = |i: usize, j: usize, k: usize| (i * ny + j) * nz + k;
-    let scale = 3usize;
-    // panel 1: x = nx/2, (Y down, Z right); panel 2: z = nz/2, (X down, Y right)
-    let panels: [(usize, usize); 2] = [(nz, ny), (ny, nx)];
-    let total_w: usize = panels.iter().map(|p| p.0 * scale + 4).sum();
-    let row_h = panels.iter().map(|p| p.1).max().unwrap_or(1) * scale + 4;
-    let mut c = Canvas::new(total_w, 3 * row_h, [0, 0, 0]);
-    for (row, vol) in [target, input, rec].iter().enumerate() {
-        let mut ox = 0usize;
-        for (pi, (pw, ph)) in panels.iter().enumerate() {
-            for y in 0..*ph {
-                for x in 0..*pw {
-                    let i = if pi == 0 { at(nx / 2, y, x) } else { at(y, x, nz / 2) };
-                    let g = (vol.get(i).copied().unwrap_or(0.0).clamp(0.0, 1.0) * 255.0) as u8;
-                    for sy in 0..scale {
-                        for sx in 0..scale {
-                            let yy = row * row_h + y * scale + sy;
-                            c.set((ox + x * scale + sx) as i64, yy as i64, [g, g, g]);
-                        }
-                    }
-                }
-            }
-            ox += pw * scale + 4;
-        }
-    }
-    c.save(path)?;
-    Ok(())
+    let stem = path.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+    let fig = Figure {
+        title: format!("Reconstruction of validation crop 1, {stem}"),
+        dims,
+        axcodes: None,
+        rows: vec![
+            Row { title: "target: rotated crop".into(), image: target, labels: None },
+            Row { title: "network input: after cutout".into(), image: input, labels: None },
+            Row { title: "reconstruction".into(), image: rec, labels: None },
+        ],
+        class_names: &[],
+    };
+    Ok(slice_figure(path, &fig)?)
 }

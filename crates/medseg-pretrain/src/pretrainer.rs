@@ -10,9 +10,11 @@
 //! pretext draws of step `t` from `(seed, t)`, parameters updated in name order: a resumed run
 //! reproduces the uninterrupted loss sequence exactly.
 //!
-//! Run folder: `config.toml`, `metrics.csv`, `loss.png`, `recon/step_NNNNNN.png`,
-//! `checkpoints/{last,best}.safetensors` (SSLHead keys: `swinViT.*`, `rotation_head.*`,
-//! `contrastive_head.*`, `conv.*`; `merge_order` metadata) and `checkpoints/last.state.safetensors`.
+//! Run folder (created exclusively and locked through medseg-run): `config.toml`, `metrics.csv`,
+//! `loss.png`, `recon/step_NNNNNN.png`, checkpoint generations `checkpoints/step-NNNNNN/`
+//! (weights with SSLHead keys: `swinViT.*`, `rotation_head.*`, `contrastive_head.*`, `conv.*`;
+//! `merge_order` metadata; optimiser state; manifest) with `checkpoints/last.safetensors` /
+//! `last.state.safetensors` linked to the newest, and `checkpoints/best.safetensors`.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,9 +26,11 @@ use candle_nn::VarMap;
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::{Batch, Loader, sample_rng};
 use medseg_models::{SslHead, frozen_var_builder};
-use medseg_train::checkpoint::{safetensors_bytes, varmap_tensors, write_atomic};
+use medseg_run::checkpoint::{
+    Fault, read_metadata, resume_point, safetensors_bytes, varmap_tensors,
+};
+use medseg_run::{RunLock, SeededVarMap, write_atomic};
 use medseg_train::optim::Grads;
-use medseg_train::seeded::SeededVarMap;
 
 use crate::config::{PretrainConfig, PretrainPlan};
 use crate::features::{foreground_cells, participation_ratio};
@@ -156,6 +160,10 @@ pub struct Pretrainer {
     train_loader: Loader,
     val_loader: Option<Loader>,
     epoch_iter: Option<medseg_data::loader::EpochIter>,
+    /// The run folder's lock, held from construction until [`Pretrainer::run`] returns.
+    lock: Option<RunLock>,
+    /// A fault injected into checkpoint saves (fault tests only).
+    checkpoint_fault: Option<Fault>,
 }
 
 impl std::fmt::Debug for Pretrainer {
@@ -167,24 +175,6 @@ impl std::fmt::Debug for Pretrainer {
     }
 }
 
-fn git_sha() -> Option<String> {
-    let mut dir = std::env::current_dir().ok()?;
-    loop {
-        if let Ok(h) = std::fs::read_to_string(dir.join(".git/HEAD")) {
-            let h = h.trim();
-            return match h.strip_prefix("ref: ") {
-                Some(r) => {
-                    std::fs::read_to_string(dir.join(".git").join(r)).ok().map(|s| s.trim().into())
-                }
-                None => Some(h.to_string()),
-            };
-        }
-        if !dir.pop() {
-            return None;
-        }
-    }
-}
-
 fn merge_order_name(cfg: &PretrainConfig) -> &'static str {
     match cfg.model.merge_order {
         medseg_models::MergeOrder::Legacy => "legacy",
@@ -193,26 +183,20 @@ fn merge_order_name(cfg: &PretrainConfig) -> &'static str {
     }
 }
 
-/// Reads the `medseg_step` metadata of a checkpoint file.
-fn read_meta(path: &Path) -> Result<HashMap<String, String>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
-    Ok(md.metadata().clone().unwrap_or_default())
-}
-
 impl Pretrainer {
     /// Starts a new run: creates the run folder, writes `config.toml`, builds model and optimiser.
-    pub fn new(plan: PretrainPlan, device: Device) -> Result<Pretrainer> {
-        std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
-        let mut text = format!(
-            "# resolved configuration of pretraining run {}\n# git {}\n",
-            plan.run_dir.display(),
-            git_sha().unwrap_or_else(|| "unknown".into())
+    pub fn new(mut plan: PretrainPlan, device: Device) -> Result<Pretrainer> {
+        plan.run_dir = medseg_run::create_fresh(&plan.run_dir)?;
+        let lock = take_lock(&plan.run_dir)?;
+        let text = medseg_run::config::resolved_config_text(
+            "pretraining run",
+            &plan.run_dir,
+            &plan.config.to_toml()?,
         );
-        text.push_str(&plan.config.to_toml()?);
         write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
-        Pretrainer::build(plan, device, PretrainState::default())
+        let mut p = Pretrainer::build(plan, device, PretrainState::default())?;
+        p.lock = Some(lock);
+        Ok(p)
     }
 
     /// Continues the run in `run_dir` from `checkpoints/last.*` with its saved `config.toml`.
@@ -221,29 +205,25 @@ impl Pretrainer {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let mut plan = PretrainConfig::from_toml(&text, &cfg_path)?.resolve()?;
         plan.run_dir = run_dir.to_path_buf();
-        let wpath = run_dir.join("checkpoints/last.safetensors");
-        let spath = run_dir.join("checkpoints/last.state.safetensors");
-        let smeta = read_meta(&spath)?;
-        let state: PretrainState = smeta
+        let lock = take_lock(run_dir)?;
+        let point = resume_point(run_dir)?;
+        let (wpath, spath) = (point.weights, point.state);
+        let bad = |path: &Path, reason: String| medseg_run::Error::checkpoint(path, reason);
+        let smeta = read_metadata(&spath)?;
+        let json = smeta
             .get("medseg_pretrain_state")
-            .ok_or_else(|| Error::Checkpoint {
-                path: spath.clone(),
-                reason: "no medseg_pretrain_state metadata".into(),
-            })
-            .and_then(|j| {
-                serde_json::from_str(j)
-                    .map_err(|e| Error::Checkpoint { path: spath.clone(), reason: e.to_string() })
-            })?;
-        let wstep = read_meta(&wpath)?.get("medseg_step").and_then(|s| s.parse::<u64>().ok());
+            .ok_or_else(|| bad(&spath, "no medseg_pretrain_state metadata".into()))?;
+        let state: PretrainState =
+            serde_json::from_str(json).map_err(|e| bad(&spath, e.to_string()))?;
+        let wstep = medseg_run::checkpoint::read_step(&wpath)?;
         if wstep != Some(state.step) {
-            return Err(Error::Checkpoint {
-                path: wpath,
-                reason: format!("weights are from step {wstep:?}, state from step {}", state.step),
-            });
+            let why = format!("weights are from step {wstep:?}, state from step {}", state.step);
+            return Err(bad(&wpath, why).into());
         }
         let mut t = Pretrainer::build(plan, device, state)?;
-        medseg_train::checkpoint::load_weights(&t.varmap, &wpath)?;
-        let moments = medseg_train::optim::load_tensors(&spath, &t.device)?;
+        t.lock = Some(lock);
+        medseg_run::checkpoint::load_weights(&t.varmap, &wpath)?;
+        let moments = medseg_run::checkpoint::load_tensors(&spath, &t.device)?;
         let step = t.state.step;
         t.opt.load_state(&moments, step, &spath)?;
         Ok(t)
@@ -266,7 +246,14 @@ impl Pretrainer {
             train_loader,
             val_loader,
             epoch_iter: None,
+            lock: None,
+            checkpoint_fault: None,
         })
+    }
+
+    /// Injects `fault` into every later checkpoint save (the fault tests; never real runs).
+    pub fn set_checkpoint_fault(&mut self, fault: Option<Fault>) {
+        self.checkpoint_fault = fault;
     }
 
     /// The run folder.
@@ -392,28 +379,29 @@ impl Pretrainer {
         }))
     }
 
-    fn save_weights(&self, path: &Path) -> Result<()> {
+    fn weights_bytes(&self) -> Result<Vec<u8>> {
         let meta = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("medseg_step".to_string(), self.state.step.to_string()),
             ("merge_order".to_string(), merge_order_name(&self.plan.config).to_string()),
             ("medseg_model".to_string(), "ssl_head".to_string()),
         ]);
-        write_atomic(path, &safetensors_bytes(&varmap_tensors(&self.varmap)?, meta)?)?;
-        Ok(())
+        Ok(safetensors_bytes(&varmap_tensors(&self.varmap)?, meta)?)
     }
 
+    /// Saves weights, optimiser state and run position as one checkpoint generation.
     fn save_last(&self) -> Result<()> {
         let dir = self.plan.run_dir.join("checkpoints");
-        self.save_weights(&dir.join("last.safetensors"))?;
-        let spath = dir.join("last.state.safetensors");
         let json = serde_json::to_string(&self.state)
-            .map_err(|e| Error::Checkpoint { path: spath.clone(), reason: e.to_string() })?;
+            .map_err(|e| medseg_run::Error::checkpoint(&dir, e.to_string()))?;
         let meta = HashMap::from([
             ("medseg_step".to_string(), self.state.step.to_string()),
             ("medseg_pretrain_state".to_string(), json),
         ]);
-        write_atomic(&spath, &safetensors_bytes(&self.opt.state_tensors(), meta)?)?;
+        let state = safetensors_bytes(&self.opt.state_tensors(), meta)?;
+        let weights = self.weights_bytes()?;
+        let fault = self.checkpoint_fault;
+        medseg_run::checkpoint::save(&dir, self.state.step, &weights, &state, fault)?;
         Ok(())
     }
 
@@ -425,8 +413,17 @@ impl Pretrainer {
     }
 
     /// Pretrains until `train.max_steps` or a stop request, validating, checkpointing and
-    /// writing the outputs.
+    /// writing the outputs. Holds the run folder's lock until it returns.
     pub fn run(&mut self, opts: &RunOptions) -> Result<RunOutcome> {
+        if self.lock.is_none() {
+            self.lock = Some(take_lock(&self.plan.run_dir)?);
+        }
+        let out = self.run_locked(opts);
+        self.lock = None;
+        out
+    }
+
+    fn run_locked(&mut self, opts: &RunOptions) -> Result<RunOutcome> {
         let cfg = self.plan.config.clone();
         let max = cfg.train.max_steps;
         let start = Instant::now();
@@ -492,7 +489,8 @@ impl Pretrainer {
                     if self.state.best_val_recon.is_none_or(|b| vr < b) {
                         self.state.best_val_recon = Some(vr);
                         self.state.best_step = Some(step);
-                        self.save_weights(&self.plan.run_dir.join("checkpoints/best.safetensors"))?;
+                        let ckpt = self.plan.run_dir.join("checkpoints");
+                        medseg_run::checkpoint::save_best(&ckpt, &self.weights_bytes()?)?;
                     }
                 }
             }
@@ -525,6 +523,22 @@ impl Pretrainer {
 
 fn candle_err(e: medseg_models::loader::Error) -> Error {
     Error::Candle(candle::Error::Msg(e.to_string()))
+}
+
+/// Takes the run folder's lock, reporting a stale lock taken over and temporaries removed.
+fn take_lock(dir: &Path) -> Result<RunLock> {
+    let lock = RunLock::acquire(dir)?;
+    if let Some(pid) = lock.stale_pid() {
+        eprintln!(
+            "{}: took over the lock of process {pid}, which is no longer running",
+            dir.display()
+        );
+    }
+    if !lock.cleaned().is_empty() {
+        let n = lock.cleaned().len();
+        eprintln!("{}: removed {n} temporary file(s) left by an interrupted run", dir.display());
+    }
+    Ok(lock)
 }
 
 /// A line above the progress bar, or on stderr when it is hidden.

@@ -36,8 +36,8 @@ use anyhow::Context;
 use candle::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use medseg_testkit::bench::{arg, child_record, parse_dims, peak_rss_mb};
-use medseg_train::cuda_precision::{Precision, precision_var_builder};
 use medseg_train::loss::segmentation_loss;
+use medseg_train::precision::{Precision, precision_var_builder};
 use medseg_train::{
     AdamW, Grads, SegModel, TrainConfig, device_from_str, sliding_window_inference,
 };

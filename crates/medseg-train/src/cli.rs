@@ -3,8 +3,9 @@
 //! the synthetic phantom is generated under `data/phantom/` if absent and the run is written to
 //! `runs/phantom-<timestamp>/`.
 //!
-//! Ctrl-C sets a stop flag: the loop finishes the current step, saves `last` and [`run`] returns
-//! exit status 130; a second Ctrl-C exits at once without saving.
+//! Ctrl-C sets a stop flag: the loop finishes the current step, saves a checkpoint and [`run`]
+//! returns exit status 130; a second Ctrl-C exits at once, and the last complete checkpoint stays
+//! usable (medseg-run `stop`, `checkpoint`).
 //!
 //! Data parallel (docs/cuda.md §5): with `MEDSEG_WORLD_SIZE` > 1 (and `MEDSEG_RANK`,
 //! `MEDSEG_LOCAL_RANK`, set by `cargo xtask train --gpus N` or a cluster launcher) this process is
@@ -13,9 +14,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
+use medseg_run::checkpoint::Fault;
 
 use crate::distributed::{GradientReducer, World};
 use crate::{RunOptions, TrainConfig, Trainer, device_from_str};
@@ -102,21 +103,19 @@ fn connect(
     )
 }
 
-/// Installs the process-wide Ctrl-C handler of the training binaries: the first Ctrl-C sets the
-/// returned flag (the loop saves a checkpoint after the current step and returns), a second one
-/// exits with status 130 without saving. Call it once per process.
-pub fn install_stop_handler() -> Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second Ctrl-C: exiting without saving");
-            std::process::exit(130);
-        }
-        eprintln!("Ctrl-C: saving a checkpoint after the current step (press again to abort)");
-    })
-    .context("installing the Ctrl-C handler")?;
-    Ok(stop)
+/// The test-only environment variable through which the fault tests cut checkpoint saves
+/// (`abort:<step>:<point>` or `disk_full:<bytes>`; medseg-run `checkpoint::Fault::parse`).
+/// Real runs never set it.
+pub const FAULT_VAR: &str = "MEDSEG_TEST_CHECKPOINT_FAULT";
+
+/// The checkpoint fault requested by [`FAULT_VAR`], if any.
+fn checkpoint_fault() -> Result<Option<Fault>> {
+    match std::env::var(FAULT_VAR) {
+        Ok(v) => Fault::parse(&v).map(Some).with_context(|| {
+            format!("{FAULT_VAR}={v:?}: expected abort:<step>:<point> or disk_full:<bytes>")
+        }),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Trains (or resumes) as `args` say; prints the final validation Dice and the run folder.
@@ -126,7 +125,8 @@ pub fn install_stop_handler() -> Result<Arc<AtomicBool>> {
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let world = World::from_vars(|k| std::env::var(k).ok())
         .context("reading MEDSEG_RANK / MEDSEG_WORLD_SIZE / MEDSEG_LOCAL_RANK")?;
-    let stop = install_stop_handler()?;
+    let stop = medseg_run::stop::install_stop_handler()?;
+    let checkpoint_fault = checkpoint_fault()?;
     let mut trainer = match &args.resume {
         Some(dir) => {
             let cfg_dev = TrainConfig::from_toml(
@@ -162,7 +162,11 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
             match &args.run_dir {
                 Some(d) => {
                     plan.run_dir = std::path::absolute(d)
-                        .with_context(|| format!("resolving {}", d.display()))?
+                        .with_context(|| format!("resolving {}", d.display()))?;
+                    plan.fresh_run_dir = false;
+                    // Every rank needs the folder for the rendezvous file.
+                    std::fs::create_dir_all(&plan.run_dir)
+                        .with_context(|| format!("creating {}", plan.run_dir.display()))?;
                 }
                 None if world.world_size > 1 => anyhow::bail!(
                     "MEDSEG_WORLD_SIZE={}: every rank needs the same --run-dir (or --resume)",
@@ -170,15 +174,15 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
                 ),
                 None => {}
             }
-            if world.is_writer() {
-                eprintln!("run folder: {}", plan.run_dir.display());
-            }
-            std::fs::create_dir_all(&plan.run_dir)
-                .with_context(|| format!("creating {}", plan.run_dir.display()))?;
             let reducer = connect(world, &device, &plan.run_dir)?;
-            Trainer::new_in_world(plan, device, reducer)?
+            let t = Trainer::new_in_world(plan, device, reducer)?;
+            if world.is_writer() {
+                eprintln!("run folder: {}", t.run_dir().display());
+            }
+            t
         }
     };
+    trainer.set_checkpoint_fault(checkpoint_fault);
     let opts = RunOptions { stop: Some(Arc::clone(&stop)), stop_after: None };
     let outcome = trainer.run(&opts)?;
     if !world.is_writer() {

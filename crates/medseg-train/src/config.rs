@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use medseg_data::Compose;
 use medseg_data::transforms::{self, BtcvConfig};
 
-use crate::cuda_precision::Precision;
 use crate::loss::{DiceCeConfig, LossKind};
 use crate::model::ModelConfig;
 use crate::optim::AdamWConfig;
+use crate::precision::Precision;
 use crate::schedule::ScheduleConfig;
 use crate::sliding_window::SlidingWindowConfig;
 use crate::{Error, Result};
@@ -231,23 +231,6 @@ pub fn preset_text(name: &str) -> Option<&'static str> {
     }
 }
 
-/// The TOML text behind `path_or_preset` and the name errors quote: the file when it exists, else
-/// the embedded preset of that name (`presets`, e.g. [`preset_text`]). Shared by every config
-/// type of the workspace (training, pretraining).
-pub fn config_text(
-    path_or_preset: &str,
-    presets: fn(&str) -> Option<&'static str>,
-) -> Result<(String, PathBuf)> {
-    let p = Path::new(path_or_preset);
-    if !p.exists()
-        && let Some(text) = presets(path_or_preset)
-    {
-        return Ok((text.to_string(), PathBuf::from(format!("<preset {path_or_preset}>"))));
-    }
-    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-    Ok((text, p.to_path_buf()))
-}
-
 impl TrainConfig {
     /// Parses TOML; `origin` names the source in errors.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
@@ -265,7 +248,7 @@ impl TrainConfig {
 
     /// Reads a TOML file, or a preset when `path_or_preset` names one and is not a file.
     pub fn load(path_or_preset: &str) -> Result<Self> {
-        let (text, origin) = config_text(path_or_preset, preset_text)?;
+        let (text, origin) = medseg_run::config::config_text(path_or_preset, preset_text)?;
         TrainConfig::from_toml(&text, &origin)
     }
 
@@ -377,12 +360,9 @@ impl TrainConfig {
     /// Validates and resolves paths; the run folder is `<output.dir>/<name>-<timestamp>`.
     pub fn resolve(self) -> Result<TrainPlan> {
         self.validate()?;
-        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
-        let abs = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
-        let datalist = abs(&self.data.datalist);
-        let out_dir = abs(&self.output.dir);
-        let run_dir = out_dir.join(format!("{}-{}", self.name, utc_stamp()));
-        Ok(TrainPlan { config: self, datalist, run_dir })
+        let datalist = medseg_run::config::absolute(&self.data.datalist)?;
+        let run_dir = medseg_run::config::run_dir_proposal(&self.output.dir, &self.name)?;
+        Ok(TrainPlan { config: self, datalist, run_dir, fresh_run_dir: true })
     }
 }
 
@@ -395,26 +375,10 @@ pub struct TrainPlan {
     pub datalist: PathBuf,
     /// The run folder (created by the trainer).
     pub run_dir: PathBuf,
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC.
-pub fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // civil-from-days (H. Hinnant)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, (rem / 60) % 60, rem % 60)
+    /// True: `run_dir` is a proposal (`<out>/<name>-<stamp>`) that the trainer creates
+    /// exclusively, as `run_dir-2`, `run_dir-3`… when it exists. False: use exactly `run_dir`
+    /// (`--run-dir`, shared by the ranks of a multi-GPU run), creating it if needed.
+    pub fresh_run_dir: bool,
 }
 
 #[cfg(test)]
@@ -486,7 +450,7 @@ mod tests {
 
     #[test]
     fn stamp_has_the_expected_shape() {
-        let s = utc_stamp();
+        let s = medseg_run::config::utc_stamp();
         assert_eq!(s.len(), 15);
         assert!(s.starts_with("20"));
     }

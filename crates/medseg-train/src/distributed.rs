@@ -337,7 +337,7 @@ pub fn id_file(run_dir: &Path) -> PathBuf {
 pub fn write_id_file(path: &Path, id: &[u8]) -> crate::Result<()> {
     let mut text: String = id.iter().map(|b| format!("{b:02x}")).collect();
     text.push('\n');
-    crate::checkpoint::write_atomic(path, text.as_bytes())
+    Ok(crate::checkpoint::write_atomic(path, text.as_bytes())?)
 }
 
 /// Reads an id written by [`write_id_file`] and checks its length.

@@ -83,14 +83,10 @@ pub enum Error {
     /// transport.
     #[error(transparent)]
     Dist(#[from] crate::distributed::DistError),
-    /// Writing an image (plot or overlay) failed.
-    #[error("{path}: png: {reason}")]
-    Png {
-        /// The file.
-        path: PathBuf,
-        /// The encoder's message.
-        reason: String,
-    },
+    /// Run infrastructure failed: the run folder or its lock, a checkpoint generation, an
+    /// output file or picture.
+    #[error(transparent)]
+    Run(#[from] medseg_run::Error),
 }
 
 impl Error {

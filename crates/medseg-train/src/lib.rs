@@ -6,15 +6,14 @@ pub mod cli;
 pub mod config;
 #[cfg(feature = "nccl")]
 pub mod cuda_nccl;
-pub mod cuda_precision;
 pub mod distributed;
 pub mod error;
 pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod output;
+pub mod precision;
 pub mod schedule;
-pub mod seeded;
 pub mod sliding_window;
 pub mod trainer;
 
@@ -29,3 +28,7 @@ pub use sliding_window::{
     sliding_window_stream,
 };
 pub use trainer::{RunOptions, RunOutcome, Trainer, check_data, device_from_str};
+
+/// Seeded initialisation lives in medseg-run (shared with pretraining); re-exported for callers
+/// of `medseg_train::seeded`.
+pub use medseg_run::seeded;

@@ -283,6 +283,5 @@ impl Grads {
 
 /// Loads every tensor of a safetensors file onto `device`.
 pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
-    candle::safetensors::load(path, device)
-        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+    Ok(medseg_run::checkpoint::load_tensors(path, device)?)
 }

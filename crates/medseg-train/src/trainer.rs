@@ -7,7 +7,7 @@
 //! reproduces the uninterrupted run's losses exactly on the same machine and thread count.
 //!
 //! Precision (`precision = "bf16"`, docs/cuda.md §4): each step builds the model from bf16 casts
-//! of the f32 variables (`cuda_precision::precision_var_builder`), casts the logits to f32 before
+//! of the f32 variables (`precision::precision_var_builder`), casts the logits to f32 before
 //! the loss; AdamW, the checkpoints and the loss stay f32.
 //!
 //! Data parallel (docs/cuda.md §5): with a [`GradientReducer`] ([`Trainer::new_in_world`]) each
@@ -26,15 +26,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::{Batch, CacheMode, Datalist, Loader, LoaderConfig, NiftiDataset, phantom};
 use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
 use medseg_models::loader::ENCODER_PREFIX;
+use medseg_run::checkpoint::Fault;
+use medseg_run::{RunLock, SeededVarMap};
 
 use crate::checkpoint::{self, LogRow, TrainState};
 use crate::config::{CacheKind, TrainConfig, TrainPlan};
-use crate::cuda_precision::{Precision, precision_var_builder};
 use crate::distributed::{GradientReducer, World, all_reduce_mean, shard};
 use crate::model::SegModel;
 use crate::optim::{AdamW, Grads};
+use crate::precision::{Precision, precision_var_builder};
 use crate::schedule::ScheduleUnit;
-use crate::seeded::SeededVarMap;
 use crate::sliding_window::sliding_window_argmax;
 use crate::{Error, Result, loss, output};
 
@@ -76,6 +77,11 @@ pub struct Trainer {
     epoch_iter: Option<medseg_data::loader::EpochIter>,
     world: World,
     reducer: Option<Box<dyn GradientReducer>>,
+    /// The run folder's lock, held by the writing rank from construction until [`Trainer::run`]
+    /// returns.
+    lock: Option<RunLock>,
+    /// A fault injected into checkpoint saves (the fault tests; `None` in real runs).
+    checkpoint_fault: Option<Fault>,
 }
 
 /// What one optimiser step computed.
@@ -223,17 +229,23 @@ impl Trainer {
         {
             *p = std::env::current_dir().map_err(|e| Error::io(".", e))?.join(&*p);
         }
-        std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
+        let mut lock = None;
         if world.is_writer() {
-            let mut text = format!(
-                "# resolved configuration of run {}\n# git {}\n",
-                plan.run_dir.display(),
-                git_sha().unwrap_or_else(|| "unknown".into())
+            if plan.fresh_run_dir {
+                plan.run_dir = medseg_run::create_fresh(&plan.run_dir)?;
+            } else {
+                std::fs::create_dir_all(&plan.run_dir).map_err(|e| Error::io(&plan.run_dir, e))?;
+            }
+            lock = Some(take_lock(&plan.run_dir)?);
+            let text = medseg_run::config::resolved_config_text(
+                "run",
+                &plan.run_dir,
+                &plan.config.to_toml()?,
             );
-            text.push_str(&plan.config.to_toml()?);
             checkpoint::write_atomic(&plan.run_dir.join("config.toml"), text.as_bytes())?;
         }
-        let t = Trainer::build(plan, device, TrainState::new(), reducer)?;
+        let mut t = Trainer::build(plan, device, TrainState::new(), reducer)?;
+        t.lock = lock;
         t.init_from_pretrained()?;
         Ok(t)
     }
@@ -255,8 +267,13 @@ impl Trainer {
         let cfg = TrainConfig::from_toml(&text, &cfg_path)?;
         let mut plan = cfg.resolve()?;
         plan.run_dir = run_dir.to_path_buf();
-        let wpath = run_dir.join("checkpoints/last.safetensors");
-        let spath = run_dir.join("checkpoints/last.state.safetensors");
+        plan.fresh_run_dir = false;
+        let writer = reducer.as_ref().is_none_or(|r| r.world().is_writer());
+        // The writer holds the folder before reading it (this also clears a killed run's
+        // temporaries).
+        let lock = if writer { Some(take_lock(run_dir)?) } else { None };
+        let point = medseg_run::checkpoint::resume_point(run_dir)?;
+        let (wpath, spath) = (point.weights, point.state);
         let (moments, state) = checkpoint::load_state(&spath, &device)?;
         let wstep = checkpoint::read_step(&wpath)?;
         if wstep != Some(state.step) {
@@ -266,6 +283,7 @@ impl Trainer {
             });
         }
         let mut t = Trainer::build(plan, device, state, reducer)?;
+        t.lock = lock;
         checkpoint::load_weights(&t.varmap, &wpath)?;
         let step = t.state.step;
         t.opt.load_state(&moments, step, &spath)?;
@@ -305,7 +323,15 @@ impl Trainer {
             epoch_iter: None,
             world,
             reducer,
+            lock: None,
+            checkpoint_fault: None,
         })
+    }
+
+    /// Injects `fault` into every later checkpoint save: the fault tests cut saves this way (the
+    /// `train` binary sets it from a test-only environment variable). Never used by real runs.
+    pub fn set_checkpoint_fault(&mut self, fault: Option<Fault>) {
+        self.checkpoint_fault = fault;
     }
 
     /// This process's place in the data-parallel world ([`World::SINGLE`] unless built with a
@@ -487,49 +513,58 @@ impl Trainer {
                 && let Some(p) = overlay
             {
                 let img: Vec<f32> = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-                output::overlay(p, &img, &pred, &gt, [d, h, w])?;
+                output::overlay(p, &img, &pred, &gt, [d, h, w], &self.class_names)?;
             }
         }
         Ok(metric.compute().with_class_names(&self.class_names))
     }
 
+    /// Saves the weights, the optimiser state and the run position as one checkpoint generation.
     fn save_last(&self) -> Result<()> {
+        let weights = checkpoint::weights_bytes(&self.varmap, self.state.step)?;
+        let state = checkpoint::state_bytes(&self.opt.state_tensors(), &self.state)?;
         let dir = self.plan.run_dir.join("checkpoints");
-        checkpoint::save_weights(&self.varmap, &dir.join("last.safetensors"), self.state.step)?;
-        checkpoint::save_state(
-            &dir.join("last.state.safetensors"),
-            &self.opt.state_tensors(),
-            &self.state,
-        )
+        medseg_run::checkpoint::save(
+            &dir,
+            self.state.step,
+            &weights,
+            &state,
+            self.checkpoint_fault,
+        )?;
+        Ok(())
+    }
+
+    /// Writes `checkpoints/best.safetensors` (one atomic file).
+    fn save_best(&self, step: u64) -> Result<()> {
+        let weights = checkpoint::weights_bytes(&self.varmap, step)?;
+        Ok(medseg_run::checkpoint::save_best(&self.plan.run_dir.join("checkpoints"), &weights)?)
     }
 
     fn write_outputs(&self) -> Result<()> {
         let fg: Vec<String> = self.class_names.iter().skip(1).cloned().collect();
+        let dir = &self.plan.run_dir;
         let csv = output::metrics_csv(&self.state.history, &fg);
-        checkpoint::write_atomic(&self.plan.run_dir.join("metrics.csv"), csv.as_bytes())?;
-        let loss: Vec<(f64, f64)> =
-            self.state.history.iter().map(|r| (r.step as f64, r.loss)).collect();
-        output::plot(&self.plan.run_dir.join("loss.png"), &[loss], true)?;
-        let val: Vec<&LogRow> =
-            self.state.history.iter().filter(|r| r.val_dice.is_some()).collect();
-        if !val.is_empty() {
-            let mut series: Vec<Vec<(f64, f64)>> =
-                vec![val.iter().filter_map(|r| Some((r.step as f64, r.val_mean_dice?))).collect()];
-            for j in 0..fg.len() {
-                series.push(
-                    val.iter()
-                        .filter_map(|r| Some((r.step as f64, *r.val_dice.as_ref()?.get(j)?)))
-                        .collect(),
-                );
-            }
-            output::plot(&self.plan.run_dir.join("dice.png"), &series, false)?;
+        checkpoint::write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
+        output::loss_plot(&dir.join("loss.png"), &self.state.history)?;
+        if self.state.history.iter().any(|r| r.val_dice.is_some()) {
+            output::dice_plot(&dir.join("dice.png"), &self.state.history, &fg)?;
         }
         Ok(())
     }
 
     /// Trains until `train.max_steps` (or a stop request), validating, checkpointing and writing
-    /// the run outputs; a complete run ends with a full validation and `report.md`.
+    /// the run outputs; a complete run ends with a full validation and `report.md`. The writing
+    /// rank holds the run folder's lock until it returns.
     pub fn run(&mut self, opts: &RunOptions) -> Result<RunOutcome> {
+        if self.world.is_writer() && self.lock.is_none() {
+            self.lock = Some(take_lock(&self.plan.run_dir)?);
+        }
+        let out = self.run_locked(opts);
+        self.lock = None;
+        out
+    }
+
+    fn run_locked(&mut self, opts: &RunOptions) -> Result<RunOutcome> {
         let cfg = self.plan.config.clone();
         let max = cfg.train.max_steps;
         let start = Instant::now();
@@ -587,11 +622,7 @@ impl Trainer {
                 if self.state.best_mean_dice.is_none_or(|b| mean > b) {
                     self.state.best_mean_dice = Some(mean);
                     self.state.best_step = Some(step);
-                    checkpoint::save_weights(
-                        &self.varmap,
-                        &self.plan.run_dir.join("checkpoints/best.safetensors"),
-                        step,
-                    )?;
+                    self.save_best(step)?;
                 }
             }
             self.state.history.push(row);
@@ -624,11 +655,7 @@ impl Trainer {
             if self.state.best_mean_dice.is_none_or(|b| mean >= b) {
                 self.state.best_mean_dice = Some(mean);
                 self.state.best_step = Some(self.state.step);
-                checkpoint::save_weights(
-                    &self.varmap,
-                    &self.plan.run_dir.join("checkpoints/best.safetensors"),
-                    self.state.step,
-                )?;
+                self.save_best(self.state.step)?;
             }
             self.state.elapsed_s = elapsed0 + start.elapsed().as_secs_f64();
             self.save_last()?;
@@ -702,7 +729,7 @@ impl Trainer {
             return Ok(());
         }
         eprint!("{text}");
-        checkpoint::write_atomic(&self.plan.run_dir.join("init_from.txt"), text.as_bytes())
+        Ok(checkpoint::write_atomic(&self.plan.run_dir.join("init_from.txt"), text.as_bytes())?)
     }
 }
 
@@ -711,22 +738,21 @@ fn log(pb: &ProgressBar, msg: String) {
     if pb.is_hidden() { eprintln!("{msg}") } else { pb.println(msg) }
 }
 
-/// The checkout's `HEAD` commit, read from `.git` without running git.
-fn git_sha() -> Option<String> {
-    let mut dir = std::env::current_dir().ok()?;
-    loop {
-        let head = dir.join(".git/HEAD");
-        if let Ok(h) = std::fs::read_to_string(&head) {
-            let h = h.trim();
-            return match h.strip_prefix("ref: ") {
-                Some(r) => std::fs::read_to_string(dir.join(".git").join(r))
-                    .ok()
-                    .map(|s| s.trim().to_string()),
-                None => Some(h.to_string()),
-            };
-        }
-        if !dir.pop() {
-            return None;
-        }
+/// Takes the run folder's lock, reporting a stale lock taken over and the temporaries removed.
+fn take_lock(dir: &Path) -> Result<RunLock> {
+    let lock = RunLock::acquire(dir)?;
+    if let Some(pid) = lock.stale_pid() {
+        eprintln!(
+            "{}: took over the lock of process {pid}, which is no longer running",
+            dir.display()
+        );
     }
+    if !lock.cleaned().is_empty() {
+        eprintln!(
+            "{}: removed {} temporary file(s) left by an interrupted run",
+            dir.display(),
+            lock.cleaned().len()
+        );
+    }
+    Ok(lock)
 }

@@ -37,7 +37,7 @@ struct Args {
 fn main() -> Result<()> {
     medseg_ops::tune_allocator();
     let args = Args::parse();
-    let stop = medseg_train::cli::install_stop_handler()?;
+    let stop = medseg_run::stop::install_stop_handler()?;
     let mut pre = match &args.resume {
         Some(dir) => {
             let path = dir.join("config.toml");
@@ -64,9 +64,9 @@ fn main() -> Result<()> {
                 cfg.train.max_steps = n;
             }
             let device = device_from_str(&cfg.device)?;
-            let plan = cfg.resolve()?;
-            eprintln!("run folder: {}", plan.run_dir.display());
-            Pretrainer::new(plan, device)?
+            let p = Pretrainer::new(cfg.resolve()?, device)?;
+            eprintln!("run folder: {}", p.run_dir().display());
+            p
         }
     };
     let outcome = pre.run(&RunOptions { stop: Some(Arc::clone(&stop)), stop_after: None })?;

@@ -65,7 +65,7 @@ fn every_ssl_head_variable_gets_a_gradient_from_the_ssl_step() {
         dropout_path_rate: 0.0,
         merge_order: MergeOrder::Legacy,
     };
-    let vb = medseg_train::seeded::SeededVarMap::var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+    let vb = medseg_run::SeededVarMap::var_builder(&varmap, 0, DType::F32, &Device::Cpu);
     let model = SslHead::new(&cfg, vb).expect("model");
     let mut pcfg = PretrainConfig::preset("phantom").expect("preset");
     pcfg.model = cfg;

@@ -15,8 +15,7 @@ fn ssl_varmap(seed: u64) -> VarMap {
         dropout_path_rate: 0.0,
         merge_order: MergeOrder::Legacy,
     };
-    let vb =
-        medseg_train::seeded::SeededVarMap::var_builder(&varmap, seed, DType::F32, &Device::Cpu);
+    let vb = medseg_run::SeededVarMap::var_builder(&varmap, seed, DType::F32, &Device::Cpu);
     SslHead::new(&cfg, vb).expect("ssl head");
     varmap
 }

@@ -164,3 +164,25 @@ fn the_label_scarce_experiment_configs_parse_and_validate() {
     assert_eq!(m.feature_size, c.model.feature_size);
     assert_eq!(m.merge_order, Some(c.model.merge_order));
 }
+
+#[test]
+fn a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tiny_config(tmp.path(), 2);
+    let mut full = Pretrainer::new(cfg.clone().resolve().expect("plan"), Device::Cpu).expect("new");
+    let a = full.run(&RunOptions::default()).expect("run");
+    let mut cfg2 = cfg;
+    cfg2.name = "disk_full".into();
+    let mut p = Pretrainer::new(cfg2.resolve().expect("plan"), Device::Cpu).expect("new");
+    p.run(&RunOptions { stop: None, stop_after: Some(1) }).expect("step 1");
+    // The disk fills up in the middle of step 2's checkpoint.
+    p.set_checkpoint_fault(Some(medseg_run::checkpoint::Fault::DiskFullAfter(4096)));
+    let e = p.run(&RunOptions::default()).expect_err("disk full");
+    assert!(e.to_string().contains("no space left"), "{e}");
+    let dir = p.run_dir().to_path_buf();
+    drop(p);
+    let mut resumed = Pretrainer::resume(&dir, Device::Cpu).expect("step 1 is still complete");
+    assert_eq!(resumed.state().step, 1);
+    let b = resumed.run(&RunOptions::default()).expect("finish");
+    assert_eq!(b.losses, a.losses[1..].to_vec(), "resumed losses differ");
+}

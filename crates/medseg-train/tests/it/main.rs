@@ -15,6 +15,9 @@ mod mixed_precision;
 /// Data parallel with the in-process reducer: two ranks vs one rank on the union batch.
 mod data_parallel;
 
+/// Fault tests through the `train` binary: killed saves, concurrent runs, locks, modes.
+mod faults;
+
 /// Fine-tuning on the shared real CT (skipped without `../shared/data`).
 mod real_data;
 

@@ -1,7 +1,7 @@
 //! bf16 mixed precision through the trainer (`precision = "bf16"`, docs/cuda.md §4), on CPU: the
 //! models' ops accept bf16 there too, so the path that runs on CUDA is exercised end to end.
 use candle::{DType, Device};
-use medseg_train::cuda_precision::Precision;
+use medseg_train::precision::Precision;
 use medseg_train::{RunOptions, Trainer};
 
 use crate::train_loop::tiny_config;
@@ -44,7 +44,7 @@ fn bf16_training_steps_track_f32_and_keep_f32_checkpoints() {
 
 #[test]
 fn swin_unetr_runs_forward_and_backward_in_bf16_on_cpu() {
-    use medseg_train::cuda_precision::precision_var_builder;
+    use medseg_train::precision::precision_var_builder;
     use medseg_train::seeded::SeededVarMap;
     use medseg_train::{DiceCeConfig, loss::dice_ce_loss};
     let cfg = crate::tiny_swin_unetr();

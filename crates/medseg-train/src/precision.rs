@@ -1,4 +1,4 @@
-//! bf16 mixed precision with f32 master weights (issue 8; docs/cuda.md §4).
+//! bf16 mixed precision with f32 master weights (docs/cuda.md §4).
 //!
 //! The optimiser keeps the f32 variables of the `VarMap` (the masters). For each step a
 //! [`precision_var_builder`] hands the model differentiable casts of the masters
