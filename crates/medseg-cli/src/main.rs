@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod convert;
 mod eval;
 mod forward;
 mod predict;
@@ -26,6 +27,8 @@ enum Command {
     Eval(eval::Args),
     /// Train a network from a TOML config or preset (the same as `cargo xtask train`).
     Train(medseg_train::cli::TrainArgs),
+    /// Convert a DICOM series (folder, zip or multi-frame file) to NIfTI; `--list` shows the series.
+    Convert(convert::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => medseg_train::cli::run(args),
+        Command::Convert(args) => convert::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };
     // One line per error: the context chain, outermost first (no backtrace dump).
