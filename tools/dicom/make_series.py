@@ -4,6 +4,11 @@
 Usage: ~/.venvs/ref/bin/python tools/dicom/make_series.py [OUT_DIR]
 (default crates/medseg-dicom/tests/fixtures). Deterministic: fixed UIDs, fixed voxels.
 
+Real CT mode (not committed; for the dcm2niix comparison and benchmarks):
+  make_series.py --from-nifti CT.nii.gz OUT_DIR [--ts explicit|j2k|rle]
+writes the NIfTI CT as an axial CT series (one file per slice, HU as int16 with intercept -1024,
+IOP/IPP/PixelSpacing from the NIfTI affine; oblique affines give oblique IOP).
+
 Every case is a 40-column x 32-row x 5-slice (JPEG 2000 needs >= 32 pixels a side) volume V[k, j, i] in HU (k slice along the normal,
 j row, i column) written as CT Image Storage files. expected.json holds, per loadable case, the
 shape, the RAS affine computed independently here (the dicom2nifti formula) and checksums of the
@@ -238,5 +243,57 @@ def main():
     print(f"wrote {out_root}: {total} bytes")
 
 
+def from_nifti(ct_path, out, ts_name):
+    import nibabel as nib
+    img = nib.load(ct_path)
+    hu = np.asarray(img.dataobj).astype(np.float64)  # [i, j, k]
+    a = img.affine
+    lps = np.diag([-1, -1, 1, 1]) @ a  # RAS -> LPS
+    sp = np.linalg.norm(lps[:3, :3], axis=0)
+    r, c, n = (lps[:3, 0] / sp[0], lps[:3, 1] / sp[1], lps[:3, 2])
+    ts = {"explicit": ExplicitVRLittleEndian, "j2k": JPEG2000Lossless, "rle": RLELossless}[ts_name]
+    os.makedirs(out, exist_ok=True)
+    case_no = 100
+    for k in range(hu.shape[2]):
+        ipp = lps[:3, 3] + k * n
+        raw = np.round(hu[:, :, k].T + 1024).astype(np.int16)  # [rows=j, cols=i]
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = uid(case_no, 2, k)
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CT_IMAGE
+        ds.SOPInstanceUID = uid(case_no, 2, k)
+        ds.StudyInstanceUID = uid(case_no, 0)
+        ds.SeriesInstanceUID = uid(case_no, 1)
+        ds.FrameOfReferenceUID = uid(case_no, 3)
+        ds.Modality = "CT"
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ImageType = "ORIGINAL\\PRIMARY\\AXIAL"
+        ds.PatientName = "Synthetic^FromNifti"
+        ds.PatientID = "MEDSEG-NIFTI"
+        ds.StudyDate, ds.StudyTime = "20240101", "120000"
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in list(r) + list(c)]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        ds.PixelSpacing = [f"{sp[1]:.6f}", f"{sp[0]:.6f}"]
+        ds.SliceThickness = f"{np.linalg.norm(n):.6f}"
+        ds.RescaleSlope, ds.RescaleIntercept = "1", "-1024"
+        ds.Rows, ds.Columns = raw.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.PixelData = raw.tobytes()
+        if ts != ExplicitVRLittleEndian:
+            ds.compress(ts, **({"encoding_plugin": "pylibjpeg"} if ts == JPEG2000Lossless else {}))
+        ds.save_as(os.path.join(out, f"slice{k:04d}.dcm"), enforce_file_format=True)
+    print(f"wrote {hu.shape[2]} slices of {raw.shape} to {out}")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--from-nifti":
+        ts_arg = sys.argv[sys.argv.index("--ts") + 1] if "--ts" in sys.argv else "explicit"
+        from_nifti(sys.argv[2], sys.argv[3], ts_arg)
+    else:
+        main()

@@ -339,3 +339,29 @@ fn decode_frame(
     };
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_transfer_syntaxes_are_the_pure_rust_set() {
+        let ts = supported_transfer_syntaxes();
+        for (uid, name) in &ts {
+            println!("{uid}\t{name}");
+        }
+        let has = |uid: &str| ts.iter().any(|(u, _)| u == uid);
+        for uid in [
+            "1.2.840.10008.1.2",      // implicit VR little endian
+            "1.2.840.10008.1.2.1",    // explicit VR little endian
+            "1.2.840.10008.1.2.5",    // RLE lossless
+            "1.2.840.10008.1.2.4.50", // JPEG baseline
+            "1.2.840.10008.1.2.4.70", // JPEG lossless SV1
+            "1.2.840.10008.1.2.4.90", // JPEG 2000 lossless
+            "1.2.840.10008.1.2.4.91", // JPEG 2000
+        ] {
+            assert!(has(uid), "{uid} should be decodable");
+        }
+        assert!(!has("1.2.840.10008.1.2.4.80"), "JPEG-LS needs CharLS (C++), not built");
+    }
+}
