@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check_data;
+mod convert;
 mod eval;
 mod forward;
 mod predict;
@@ -29,6 +30,8 @@ enum Command {
     Train(medseg_train::cli::TrainArgs),
     /// Check a training config's datalist (headers, label grids and values) without training.
     CheckData(check_data::Args),
+    /// Convert a DICOM series (folder, zip or multi-frame file) to NIfTI; `--list` shows the series.
+    Convert(convert::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => medseg_train::cli::run(args),
         Command::CheckData(args) => check_data::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Convert(args) => convert::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };
     // One line per error: the context chain, outermost first (no backtrace dump).
