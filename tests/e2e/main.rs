@@ -130,7 +130,7 @@ fn train_then_predict_then_eval() {
             .expect("medseg eval"),
         "eval",
     );
-    assert!(text.contains("Dice"), "eval prints a Dice table:\n{text}");
+    assert!(text.contains("| dice |"), "eval prints a Dice table:\n{text}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).expect("report.json"))
             .expect("JSON report");
