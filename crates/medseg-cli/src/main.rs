@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 mod eval;
 mod forward;
 mod predict;
+mod prepare;
 
 /// medseg — 3-D medical image segmentation in Rust.
 #[derive(Debug, Parser)]
@@ -26,6 +27,8 @@ enum Command {
     Eval(eval::Args),
     /// Train a network from a TOML config or preset (the same as `cargo xtask train`).
     Train(medseg_train::cli::TrainArgs),
+    /// Prepare a public data set (MSD task, TotalSegmentator v2) and print its datalist line.
+    Prepare(prepare::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Eval(args) => eval::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Train(args) => medseg_train::cli::run(args),
+        Command::Prepare(args) => prepare::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };
     // One line per error: the context chain, outermost first (no backtrace dump).
