@@ -142,7 +142,7 @@ def child(case: dict, device: str, amp: bool):
                       "torch": torch.__version__, **mem}))
 
 
-TARGET = 1.3  # issue 8: medseg's bf16 training step >= 1.3x PyTorch eager AMP on the same GPU
+TARGET = 1.3  # the target: medseg's bf16 training step >= 1.3x PyTorch eager AMP on the same GPU
 
 
 def table(paths):

@@ -4,6 +4,8 @@ mod bench;
 mod cuda;
 mod golden;
 mod gpu_bundle;
+#[cfg(test)]
+mod layers;
 mod pretrain;
 mod test;
 #[cfg(test)]

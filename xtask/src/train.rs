@@ -31,9 +31,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if !project_root().join("crates/medseg-train").exists() {
-        bail!("training is not in this build yet: it lands with issue 6 (crates/medseg-train)");
-    }
     if let Some(gpus) = args.gpus {
         return run_gpus(gpus, &args.rest);
     }

@@ -11,6 +11,7 @@ mod convert;
 mod eval;
 mod forward;
 mod predict;
+mod prepare;
 
 /// medseg — 3-D medical image segmentation in Rust.
 #[derive(Debug, Parser)]
@@ -32,6 +33,8 @@ enum Command {
     CheckData(check_data::Args),
     /// Convert a DICOM series (folder, zip or multi-frame file) to NIfTI; `--list` shows the series.
     Convert(convert::Args),
+    /// Prepare a public data set (MSD task, TotalSegmentator v2) and print its datalist line.
+    Prepare(prepare::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
     Forward(forward::Args),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Train(args) => medseg_train::cli::run(args),
         Command::CheckData(args) => check_data::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Prepare(args) => prepare::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };
     // One line per error: the context chain, outermost first (no backtrace dump).

@@ -17,3 +17,6 @@ mod eval;
 
 // `medseg train` / the `train` binary share `medseg_train::cli`.
 mod train;
+
+// `medseg prepare`: TotalSegmentator folder → labels + datalist line; MSD md5 errors.
+mod prepare;
