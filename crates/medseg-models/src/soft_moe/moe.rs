@@ -182,6 +182,9 @@ impl DynamicSlotsSoftMoe {
         padding: MoePadding,
         vb: VarBuilder,
     ) -> Result<Self> {
+        if num_experts == 0 {
+            candle::bail!("DynamicSlotsSoftMoe: num_experts must be ≥ 1")
+        }
         let experts = (0..num_experts)
             .map(|e| FeedForward::new(dim, mult, vb.pp("experts").pp(e)))
             .collect::<Result<Vec<_>>>()?;

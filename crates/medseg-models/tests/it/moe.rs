@@ -149,3 +149,12 @@ fn fixed_slots_fused_matches_composed_on_cpu() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Zero experts is an error, not a division by zero in the padding arithmetic.
+#[test]
+fn zero_experts_is_an_error() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let e = DynamicSlotsSoftMoe::new(8, 0, 4, MoePadding::Official, vb).expect_err("0 experts");
+    assert!(e.to_string().contains("num_experts"), "{e}");
+}
