@@ -2,7 +2,10 @@
 //!
 //! The header is parsed with the `nifti` crate; voxel decoding, the Fortran → C reordering
 //! (see [`crate::volume`] for the axis convention) and the writer are ours, so corrupt or truncated
-//! files give an [`Error::Nifti`] naming the file instead of a panic.
+//! files give an [`Error::Nifti`] naming the file instead of a panic. Volumes above the size
+//! [`Limits`] are an [`Error::TooLarge`]; buffers grow only with the data actually read, and every
+//! `.nii.gz` is read to its end so each gzip member's CRC32 and length are verified (see
+//! [`read_nifti_with`]).
 //!
 //! Affine precedence is nibabel's `get_best_affine`: sform when `sform_code > 0`, else qform when
 //! `qform_code > 0`, else the centred pixdim ("base") affine with x flipped. Unlike nibabel, a qform
@@ -556,7 +559,11 @@ pub fn write_volume_with<T: Voxel>(
     if !vol.affine.is_valid() {
         return Err(Error::nifti(path, format!("cannot write singular affine {:?}", vol.affine.0)));
     }
-    let mut buf = Vec::with_capacity(352 + vol.len() * T::DTYPE.size());
+    let mut buf = crate::limits::try_with_capacity(
+        path,
+        "encoded volume",
+        352 + vol.len() * T::DTYPE.size(),
+    )?;
     buf.extend_from_slice(&header_bytes::<T>(vol, opts));
     buf.extend_from_slice(&[0u8; 4]); // no extensions
     for v in c_to_fortran(vol.data(), shape) {
