@@ -35,10 +35,17 @@ const LAYERS: &[(&str, u32)] = &[
 ];
 
 /// Library files that may read environment variables, with the reason.
-const ENV_READERS: &[(&str, &str)] = &[(
-    "crates/medseg-train/src/cli.rs",
-    "the command line shared by the `train` binary and `medseg train` reads the rank variables",
-)];
+const ENV_READERS: &[(&str, &str)] = &[
+    (
+        "crates/medseg-train/src/cli.rs",
+        "the command line shared by the `train` binary and `medseg train` reads the rank variables",
+    ),
+    (
+        "crates/medseg-data/src/limits.rs",
+        "the reader's size limits (MEDSEG_MAX_VOXELS/BYTES) are a safety valve every binary honours; \
+         they change which files are refused, never a result",
+    ),
+];
 
 /// The `[dependencies]` (not dev-, not build-) of a manifest that are workspace crates, and
 /// whether candle is among them.
