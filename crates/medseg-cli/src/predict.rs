@@ -141,6 +141,7 @@ pub fn run(args: &Args) -> Result<()> {
         weights.display()
     );
     if let (Some(order), Some(from)) = (loaded.config.merge_order(), loaded.merge_order_from) {
+        let from = if args.merge_order.is_some() { "--merge-order flag" } else { from };
         eprintln!("patch-merging order {order:?} (from the {from})");
     }
     let p = Predictor::new(loaded, device, PredictOptions { tta: args.tta });

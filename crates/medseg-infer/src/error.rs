@@ -97,26 +97,31 @@ pub enum Error {
         path: PathBuf,
     },
     /// Prediction and ground truth do not lie on the same world grid.
-    #[error(
-        "affine mismatch: prediction {} has\n{pred}\nground truth {} has\n{gt}\n(largest \
-         difference {diff:.3e} > tolerance {tol:.0e}; pass --ignore-affine to score them anyway)",
-        pred_path.display(),
-        gt_path.display()
-    )]
-    AffineMismatch {
-        /// The prediction file.
-        pred_path: PathBuf,
-        /// The ground-truth file.
-        gt_path: PathBuf,
-        /// The prediction's affine, one row per line.
-        pred: String,
-        /// The ground truth's affine, one row per line.
-        gt: String,
-        /// The largest absolute element difference.
-        diff: f64,
-        /// The tolerance it exceeds.
-        tol: f64,
-    },
+    #[error("{0}")]
+    AffineMismatch(Box<AffineMismatch>),
+}
+
+/// The two affines of an [`Error::AffineMismatch`].
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "affine mismatch: prediction {} has\n{pred}\nground truth {} has\n{gt}\n(largest \
+     difference {diff:.3e} > tolerance {tol:.0e}; pass --ignore-affine to score them anyway)",
+    pred_path.display(),
+    gt_path.display()
+)]
+pub struct AffineMismatch {
+    /// The prediction file.
+    pub pred_path: PathBuf,
+    /// The ground-truth file.
+    pub gt_path: PathBuf,
+    /// The prediction's affine, one row per line.
+    pub pred: String,
+    /// The ground truth's affine, one row per line.
+    pub gt: String,
+    /// The largest absolute element difference.
+    pub diff: f64,
+    /// The tolerance it exceeds.
+    pub tol: f64,
 }
 
 impl Error {

@@ -12,6 +12,7 @@ use medseg_data::Affine;
 use medseg_data::nifti_io::read_volume;
 use medseg_metrics::{MetricsConfig, Report, SegmentationMetric};
 
+use crate::error::AffineMismatch;
 use crate::{Error, Result};
 
 /// Largest absolute difference allowed between any two elements of the prediction's and the
@@ -138,15 +139,17 @@ pub fn eval_folders(
             .into());
         }
         let diff = pred.affine.max_abs_diff(&gt.affine);
-        if !opts.ignore_affine && !(diff <= AFFINE_TOLERANCE) {
-            return Err(Error::AffineMismatch {
+        // NaN differences fail too.
+        let same_grid = diff <= AFFINE_TOLERANCE;
+        if !opts.ignore_affine && !same_grid {
+            return Err(Error::AffineMismatch(Box::new(AffineMismatch {
                 pred_path: pred_path.clone(),
                 gt_path: gt_path.clone(),
                 pred: affine_text(&pred.affine),
                 gt: affine_text(&gt.affine),
                 diff,
                 tol: AFFINE_TOLERANCE,
-            });
+            })));
         }
         metric.update_named(name, &pred.data, &gt.data, gt.dims, gt.spacing).map_err(
             |e| match e {

@@ -13,7 +13,7 @@ pub enum Error {
     /// Inference failed (sliding-window validation, a non-finite network output, a model or
     /// sliding-window config value).
     #[error(transparent)]
-    Infer(#[from] medseg_infer::Error),
+    Infer(Box<medseg_infer::Error>),
     /// Scoring failed.
     #[error(transparent)]
     Metrics(#[from] medseg_metrics::Error),
@@ -80,6 +80,12 @@ pub enum Error {
         /// The encoder's message.
         reason: String,
     },
+}
+
+impl From<medseg_infer::Error> for Error {
+    fn from(e: medseg_infer::Error) -> Self {
+        Error::Infer(Box::new(e))
+    }
 }
 
 impl Error {

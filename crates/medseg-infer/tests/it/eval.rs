@@ -312,7 +312,7 @@ fn affines_must_agree_unless_ignored() {
         write_nifti_with(&pd.join("a.nii.gz"), &labels, dims, [1.0; 3], Some(sform));
         let e = eval(&pd, &gd, &cfg).expect_err(what);
         let text = e.to_string();
-        assert!(matches!(e, Error::AffineMismatch { .. }), "{what}: {text}");
+        assert!(matches!(e, Error::AffineMismatch(_)), "{what}: {text}");
         assert!(
             text.contains("pred/a.nii.gz")
                 && text.contains("gt/a.nii.gz")
