@@ -1,12 +1,15 @@
 //! `medseg eval`: scores a folder of predicted label maps against a folder of ground-truth label
-//! maps paired by file name (`medseg_metrics::eval_folders`: Dice, IoU, HD, HD95, ASSD, NSD with
-//! MONAI 1.6.1 semantics), prints the per-class table (and a grouped one with `--groups`) and
-//! writes reports as Markdown, CSV or JSON.
+//! maps paired by file name (`medseg_infer::eval_folders`: medseg-data's reader, the grids
+//! checked, medseg-metrics' Dice, IoU, HD, HD95, ASSD, NSD with MONAI 1.6.1 semantics), prints the
+//! per-class table (and a grouped one with `--groups`) and writes reports as Markdown, CSV or
+//! JSON.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::nifti_io::atomic_write;
-use medseg_metrics::{GroupTable, GroupedReport, MetricsConfig, Report, eval_folders};
+use medseg_infer::{AFFINE_TOLERANCE, EvalOptions, eval_folders};
+use medseg_metrics::{GroupTable, GroupedReport, MetricsConfig, Report};
 
 /// Arguments of `medseg eval`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +37,10 @@ pub struct Args {
     /// Dice and IoU only (no surface distances; much faster).
     #[arg(long)]
     pub dice_only: bool,
+    /// Score pairs whose affines differ (shape and spacing must still agree). By default every
+    /// element of the two affines must agree within 1e-3 mm.
+    #[arg(long)]
+    pub ignore_affine: bool,
     /// Write the report to this file; the format follows the extension: `.md` (per-class and
     /// grouped tables), `.csv` (one row per case and class; the grouped table goes to
     /// `<stem>.groups.csv`), `.json` (everything). Repeatable.
@@ -77,7 +84,29 @@ pub fn run(args: &Args) -> Result<()> {
     cfg.include_background = args.include_background;
     cfg.distances = !args.dice_only;
     cfg.validate().context("metric settings")?;
-    let report = eval_folders(&args.pred, &args.gt, &cfg, true)
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix("eval");
+    let opts = EvalOptions { ignore_affine: args.ignore_affine };
+    let mut on_case = |done: usize, total: usize, name: &str| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(name.to_string());
+    };
+    if args.ignore_affine {
+        eprintln!(
+            "--ignore-affine: affines are not compared (tolerance otherwise {AFFINE_TOLERANCE:e} mm)"
+        );
+    }
+    let report = eval_folders(&args.pred, &args.gt, &cfg, opts, &mut on_case);
+    bar.finish_and_clear();
+    let report = report
         .with_context(|| {
             format!("evaluating {} against {}", args.pred.display(), args.gt.display())
         })?

@@ -1,6 +1,4 @@
 //! The crate's single error type: every variant names the offending values, file or class.
-use std::path::PathBuf;
-
 /// Errors returned by `medseg-metrics`; bad user data is always an `Err`, never a panic.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,29 +41,6 @@ pub enum Error {
     /// A group table is inconsistent (unknown class name, duplicate, bad JSON shape).
     #[error("group table {table}: {message}")]
     Groups { table: String, message: String },
-    /// A NIfTI file could not be read or parsed.
-    #[error("reading {}: {source}", path.display())]
-    Nifti {
-        path: PathBuf,
-        #[source]
-        source: nifti::NiftiError,
-    },
-    /// A NIfTI file parsed but is not a usable label map.
-    #[error("{}: {message}", path.display())]
-    NotALabelMap { path: PathBuf, message: String },
-    /// A file-system operation failed.
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// A ground-truth file has no prediction of the same name.
-    #[error("no prediction {} for ground truth {}", pred.display(), gt.display())]
-    MissingPrediction { gt: PathBuf, pred: PathBuf },
-    /// A folder holds no `.nii` / `.nii.gz` files.
-    #[error("no .nii or .nii.gz files in {}", path.display())]
-    NoCases { path: PathBuf },
     /// JSON (de)serialisation failed.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),

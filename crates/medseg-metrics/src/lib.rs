@@ -24,7 +24,6 @@
 mod case;
 pub mod edt;
 mod error;
-mod eval;
 mod groups;
 mod metric;
 mod reduce;
@@ -33,9 +32,8 @@ mod surface;
 
 pub use case::{ClassScores, Label};
 pub use error::{Error, Result};
-pub use eval::{LabelMap, case_name, eval_folders, list_nifti, read_label_map};
 pub use groups::{Group, GroupRow, GroupTable, GroupedReport};
-pub use metric::{Binarize, CaseScores, MetricsConfig, SegmentationMetric};
+pub use metric::{Binarize, CaseScores, MetricsConfig, SegmentationMetric, argmax_channels};
 pub use reduce::{Reduced, monai_mean, monai_mean_batch};
 pub use report::{ClassSummary, Metric, Report};
 pub use surface::SurfaceScores;

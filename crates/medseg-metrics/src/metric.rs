@@ -4,6 +4,8 @@ use crate::case::{
     CaseSettings, ChannelPair, ClassScores, Label, LabelPair, channel_stats, check_labels,
     label_stats, score_classes,
 };
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::report::Report;
 
@@ -208,7 +210,7 @@ impl SegmentationMetric {
         }
         let scores = match binarize {
             Binarize::Argmax => {
-                let (p, g) = (argmax_channels(pred, c, n), argmax_channels(gt, c, n));
+                let (p, g) = (argmax_channels(pred, c), argmax_channels(gt, c));
                 self.score_labels(name, &p, &g, dims, spacing)?
             }
             Binarize::Threshold(t) => {
@@ -274,17 +276,29 @@ fn check_geometry(
     Ok(())
 }
 
-/// Per voxel, the first channel holding the maximum (`torch.argmax`).
-fn argmax_channels(buf: &[f32], channels: usize, n: usize) -> Vec<u16> {
+/// Per voxel, the first channel holding the maximum (`torch.argmax`) of a channel-major
+/// `[channels · n]` buffer: the one argmax of the workspace (the training validation, `medseg
+/// predict` and the channel input of [`SegmentationMetric`] all use it). Runs in parallel over
+/// blocks of voxels. Empty when `channels` is 0.
+pub fn argmax_channels(buf: &[f32], channels: usize) -> Vec<u16> {
+    if channels == 0 {
+        return Vec::new();
+    }
+    let n = buf.len() / channels;
     let mut best = vec![0u16; n];
-    let mut val: Vec<f32> = buf[..n].to_vec();
-    for c in 1..channels {
-        for ((b, v), &x) in best.iter_mut().zip(val.iter_mut()).zip(&buf[c * n..(c + 1) * n]) {
-            if x > *v {
-                *v = x;
-                *b = c as u16;
+    const BLOCK: usize = 1 << 14;
+    best.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, out)| {
+        let at = bi * BLOCK;
+        let mut val: Vec<f32> = buf[at..at + out.len()].to_vec();
+        for c in 1..channels {
+            let row = &buf[c * n + at..][..out.len()];
+            for ((b, v), &x) in out.iter_mut().zip(val.iter_mut()).zip(row) {
+                if x > *v {
+                    *v = x;
+                    *b = c as u16;
+                }
             }
         }
-    }
+    });
     best
 }

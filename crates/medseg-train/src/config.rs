@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use medseg_data::Compose;
 use medseg_data::transforms::{self, BtcvConfig};
+use medseg_infer::{InferenceConfig, Preprocessing};
 
 use crate::loss::{DiceCeConfig, LossKind};
 use crate::model::ModelConfig;
@@ -50,15 +51,8 @@ pub struct TrainConfig {
     pub output: OutputConfig,
 }
 
-/// Which transform pipeline of medseg-data is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Pipeline {
-    /// `btcv_train` / `btcv_val` with the fields of this table.
-    Btcv,
-    /// `smt_train` / `smt_val` (Swin SMT on TotalSegmentator; uses `roi` only).
-    Smt,
-}
+/// Which transform pipeline of medseg-data is used (defined with the inference settings).
+pub use medseg_infer::Pipeline;
 
 /// Where the deterministic part of the pipeline is cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,11 +114,19 @@ impl DataConfig {
     }
 
     /// The deterministic pipeline of validation and inference (`medseg predict`): orientation,
-    /// spacing, intensity scaling, foreground crop.
+    /// spacing, intensity scaling, foreground crop ([`Self::preprocessing`]'s transforms).
     pub fn val_transforms(&self) -> Compose {
-        match self.pipeline {
-            Pipeline::Btcv => transforms::btcv_val(&self.btcv()),
-            Pipeline::Smt => transforms::smt_val(self.roi),
+        self.preprocessing().transforms()
+    }
+
+    /// The fields inference needs (medseg-infer [`Preprocessing`]).
+    pub fn preprocessing(&self) -> Preprocessing {
+        Preprocessing {
+            pipeline: self.pipeline,
+            pixdim: self.pixdim,
+            a_min: self.a_min,
+            a_max: self.a_max,
+            roi: self.roi,
         }
     }
 
@@ -255,6 +257,15 @@ impl TrainConfig {
     /// Serialises back to TOML (the resolved config of a run).
     pub fn to_toml(&self) -> Result<String> {
         toml::to_string_pretty(self).map_err(|e| Error::Config(format!("serialising config: {e}")))
+    }
+
+    /// Model, preprocessing and sliding window: what `medseg predict` needs of this run.
+    pub fn inference_config(&self) -> InferenceConfig {
+        InferenceConfig {
+            model: self.model.clone(),
+            preprocessing: self.data.preprocessing(),
+            window: self.inference.clone(),
+        }
     }
 
     /// Checks every field range and cross-field rule.

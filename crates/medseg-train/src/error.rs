@@ -10,6 +10,10 @@ pub enum Error {
     /// The data pipeline failed.
     #[error(transparent)]
     Data(#[from] medseg_data::Error),
+    /// Inference failed (sliding-window validation, a non-finite network output, a model or
+    /// sliding-window config value).
+    #[error(transparent)]
+    Infer(Box<medseg_infer::Error>),
     /// Scoring failed.
     #[error(transparent)]
     Metrics(#[from] medseg_metrics::Error),
@@ -56,21 +60,6 @@ pub enum Error {
         /// The micro-batch index within the accumulation window.
         micro: usize,
     },
-    /// A network output (blended sliding-window score) is NaN or infinite.
-    #[error(
-        "the network produced a non-finite value ({value}) in channel {channel} at voxel {voxel:?} \
-         of batch item {batch} (broken weights?)"
-    )]
-    NonFiniteOutput {
-        /// The value (NaN or ±inf).
-        value: f32,
-        /// Batch item.
-        batch: usize,
-        /// Output channel.
-        channel: usize,
-        /// `[d, h, w]` on the input grid.
-        voxel: [usize; 3],
-    },
     /// A checkpoint is missing, unreadable or inconsistent.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {
@@ -87,6 +76,12 @@ pub enum Error {
     /// output file or picture.
     #[error(transparent)]
     Run(#[from] medseg_run::Error),
+}
+
+impl From<medseg_infer::Error> for Error {
+    fn from(e: medseg_infer::Error) -> Self {
+        Error::Infer(Box::new(e))
+    }
 }
 
 impl Error {

@@ -1,5 +1,5 @@
 //! medseg-train: losses (MONAI `DiceCELoss`), AdamW with parameter groups, the research warm-up +
-//! cosine schedule, MONAI sliding-window inference, the training loop, checkpoints and per-run
+//! cosine schedule, the training loop (validating with medseg-infer's sliding window), checkpoints and per-run
 //! outputs. See the crate README and `docs/training.md`.
 pub mod checkpoint;
 pub mod cli;
@@ -9,13 +9,16 @@ pub mod cuda_nccl;
 pub mod distributed;
 pub mod error;
 pub mod loss;
-pub mod model;
 pub mod optim;
 pub mod output;
 pub mod precision;
 pub mod schedule;
-pub mod sliding_window;
 pub mod trainer;
+
+/// The model boundary lives in medseg-infer; re-exported under its old path.
+pub use medseg_infer::model;
+/// Sliding-window inference lives in medseg-infer; re-exported under its old path.
+pub use medseg_infer::sliding_window;
 
 pub use config::{TrainConfig, TrainPlan};
 pub use error::{Error, Result};

@@ -105,3 +105,40 @@ fn eval_errors_name_the_problem() {
     assert!(e.contains("nope"), "{e}");
     assert_eq!(listing(tmp.path()), ["gt", "pred"]);
 }
+
+#[test]
+fn eval_refuses_another_affine_unless_told_and_names_corrupt_files() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (pred, gt) = (tmp.path().join("pred"), tmp.path().join("gt"));
+    std::fs::create_dir(&pred).expect("mkdir");
+    std::fs::create_dir(&gt).expect("mkdir");
+    write_volume(gt.join("case.nii.gz"), &labels(2)).expect("write");
+    // The same voxels written with a flipped affine: another place in the world.
+    let mut flipped = labels(2);
+    flipped.affine.0[0][0] = -1.0;
+    write_volume(pred.join("case.nii.gz"), &flipped).expect("write");
+    let args = ["eval", "--pred", s(&pred), "--gt", s(&gt), "--classes", "3"];
+    let e = medseg_err(&args);
+    assert!(
+        e.contains("affine mismatch")
+            && e.contains("pred/case.nii.gz")
+            && e.contains("gt/case.nii.gz")
+            && e.contains("[-1.0, 0.0, 0.0")
+            && e.contains("[1.0, 0.0, 0.0")
+            && e.contains("--ignore-affine"),
+        "{e}"
+    );
+    // The user knows better: scored voxel by voxel.
+    let mut ignore = args.to_vec();
+    ignore.push("--ignore-affine");
+    let out = crate::util::medseg(&ignore);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1.0000"));
+
+    // A prediction cut short: one sentence naming the file, no Rust debug text.
+    let bytes = std::fs::read(gt.join("case.nii.gz")).expect("read");
+    std::fs::write(pred.join("case.nii.gz"), &bytes[..bytes.len() / 2]).expect("write");
+    let e = medseg_err(&args);
+    assert!(e.contains("cannot read prediction") && e.contains("pred/case.nii.gz"), "{e}");
+    assert!(!e.contains("Custom {") && !e.contains("kind:") && !e.contains("Io("), "{e}");
+}

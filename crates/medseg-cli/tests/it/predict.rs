@@ -403,3 +403,90 @@ fn nan_weights_give_a_named_error_and_no_output() {
         assert!(listing(&outdir).is_empty(), "{extra:?}: leftovers {:?}", listing(&outdir));
     }
 }
+
+#[test]
+fn an_output_that_would_overwrite_an_input_is_refused_before_any_work() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), CLASSES, 8);
+    let cases = tmp.path().join("cases");
+    std::fs::create_dir(&cases).expect("mkdir");
+    let ct = cases.join("ct.nii.gz");
+    write_volume(&ct, &ct_volume([24; 3], ras_grid([24; 3], [2.0; 3]))).expect("write");
+    let before = std::fs::read(&ct).expect("read");
+    let detour = tmp.path().join("cases/../cases/ct.nii.gz");
+    // The same file, the same file by another path, its folder (→ `ct.nii.gz` again), and folder
+    // mode into the input folder itself.
+    for (input, output) in [(&ct, &ct), (&ct, &detour), (&ct, &cases), (&cases, &cases)] {
+        let e = medseg_err(&["predict", "-i", s(input), "-o", s(output), "--model", s(&run)]);
+        assert!(
+            e.contains("would overwrite the input") && e.contains(s(output)) && e.contains(s(&ct)),
+            "{input:?} → {output:?}: {e}"
+        );
+        assert!(!e.contains("model tiny_unet"), "refused after loading the model: {e}");
+    }
+    assert_eq!(std::fs::read(&ct).expect("read"), before, "the input was modified");
+    assert_eq!(listing(&cases), ["ct.nii.gz"]);
+}
+
+#[test]
+fn a_bad_sliding_window_flag_is_blamed_on_the_flag() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), CLASSES, 9);
+    let ct = tmp.path().join("ct.nii.gz");
+    write_volume(&ct, &ct_volume([24; 3], ras_grid([24; 3], [2.0; 3]))).expect("write");
+    let out = tmp.path().join("seg.nii.gz");
+    for (flag, value) in [("--overlap", "1.0"), ("--overlap", "-0.1"), ("--sw-batch-size", "0")] {
+        let arg = format!("{flag}={value}");
+        let e = medseg_err(&["predict", "-i", s(&ct), "-o", s(&out), "--model", s(&run), &arg]);
+        assert!(e.contains(flag) && e.contains(value), "{flag} {value}: {e}");
+        assert!(!e.contains("config.toml"), "{flag} {value} blamed on the config: {e}");
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_swin_unetr_prediction_prints_its_patch_merging_order() {
+    use candle::{DType, Device};
+    use medseg_train::seeded::SeededVarMap;
+    use medseg_train::{TrainConfig, checkpoint};
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The phantom preset's tiny Swin UNETR (fs 12) with seeded random weights.
+    let run = tmp.path().join("swin-run");
+    std::fs::create_dir_all(run.join("checkpoints")).expect("run folder");
+    let mut cfg = TrainConfig::preset("phantom").expect("preset");
+    cfg.data.pixdim = [2.0; 3];
+    std::fs::write(run.join("config.toml"), cfg.to_toml().expect("toml")).expect("config");
+    let varmap = candle_nn::VarMap::new();
+    cfg.model
+        .build(SeededVarMap::var_builder(&varmap, 4, DType::F32, &Device::Cpu))
+        .expect("model");
+    checkpoint::save_weights(&varmap, &run.join("checkpoints/best.safetensors"), 0)
+        .expect("weights");
+    let ct = tmp.path().join("ct.nii.gz");
+    write_volume(&ct, &ct_volume([16; 3], ras_grid([16; 3], [2.0; 3]))).expect("write");
+    let out = tmp.path().join("seg.nii.gz");
+    let line = |log: &str| -> String {
+        let found = log.lines().filter(|l| l.starts_with("patch-merging order ")).count();
+        assert_eq!(found, 1, "one merge-order line expected:\n{log}");
+        log.lines().find(|l| l.starts_with("patch-merging order ")).unwrap_or_default().to_string()
+    };
+    let log = medseg_ok(&["predict", "-i", s(&ct), "-o", s(&out), "--model", s(&run)]);
+    assert!(line(&log).contains("(from the "), "{log}");
+    let log = medseg_ok(&[
+        "predict",
+        "-i",
+        s(&ct),
+        "-o",
+        s(&out),
+        "--model",
+        s(&run),
+        "--merge-order",
+        "legacy",
+    ]);
+    assert_eq!(line(&log), "patch-merging order Legacy (from the --merge-order flag)");
+    // A tiny U-Net has no patch merging: no such line.
+    let unet = make_run(tmp.path(), CLASSES, 5);
+    let log = medseg_ok(&["predict", "-i", s(&ct), "-o", s(&out), "--model", s(&unet)]);
+    assert!(!log.contains("patch-merging order"), "{log}");
+}

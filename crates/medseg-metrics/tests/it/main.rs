@@ -8,7 +8,5 @@ mod common;
 mod edt;
 /// Bad input is a clear `Err`.
 mod errors;
-/// NIfTI reading and folder evaluation, on synthetic files and the shared real label maps.
-mod eval;
 /// Parity with MONAI 1.6.1 goldens from `tools/golden/metrics_golden.py`.
 mod golden;

@@ -3,9 +3,6 @@
 /// MONAI / PyTorch goldens: losses, sliding window, schedule, AdamW, clipping.
 mod golden;
 
-/// Streaming sliding window vs a naive full-buffer blend; its argmax and liveness.
-mod sliding_window;
-
 /// The training loop: resume reproduces the loss sequence, NaN detection, run outputs.
 mod train_loop;
 

@@ -1,6 +1,6 @@
-//! The model boundary of the trainer: [`SegModel`] (logits from a batch), the model configs the
-//! trainer can build, and [`TinyUnet`], a small 3-D U-Net built from medseg-ops that serves as the
-//! fast test model.
+//! The model boundary of inference and training: [`SegModel`] (logits from a batch), the model
+//! configs a run can name (`[model]` of a run's `config.toml`), and [`TinyUnet`], a small 3-D U-Net
+//! built from medseg-ops that serves as the fast test model.
 use candle::{Result as CResult, Tensor};
 use candle_nn::VarBuilder;
 use medseg_ops::{Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv3d, instance_norm3d};
@@ -9,7 +9,7 @@ use medseg_models::{SwinUnetr, SwinUnetrConfig};
 
 use crate::{Error, Result};
 
-/// A segmentation network the trainer can drive.
+/// A segmentation network that inference and the trainer can drive.
 ///
 /// # Shapes
 /// `forward_t`: `[B, in_channels, D, H, W] → [B, out_channels, D, H, W]` logits.
@@ -20,7 +20,7 @@ pub trait SegModel: Send + Sync {
     fn size_divisor(&self) -> usize;
 }
 
-/// The network to train (`[model]` table, `kind` selects the variant).
+/// The network of a run (`[model]` table, `kind` selects the variant).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ModelConfig {
@@ -68,6 +68,13 @@ impl ModelConfig {
             ModelConfig::SwinUnetr(c) => {
                 c.validate().map_err(|e| Error::Config(format!("model (swin_unetr): {e}")))
             }
+        }
+    }
+    /// Short name of the variant (`tiny_unet`, `swin_unetr`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ModelConfig::TinyUnet(_) => "tiny_unet",
+            ModelConfig::SwinUnetr(_) => "swin_unetr",
         }
     }
     /// Builds the network, creating its variables through `vb`.

@@ -3,13 +3,13 @@
 use std::cell::Cell;
 
 use candle::{Device, Tensor};
-use medseg_ops::{Conv3dConfig, conv3d};
-use medseg_testkit::random_tensor;
-use medseg_train::sliding_window::{importance_map, window_starts};
-use medseg_train::{
+use medseg_infer::sliding_window::{importance_map, window_starts};
+use medseg_infer::{
     BlendMode, Error, SlidingWindowConfig, sliding_window_argmax, sliding_window_inference,
     sliding_window_stream,
 };
+use medseg_ops::{Conv3dConfig, conv3d};
+use medseg_testkit::random_tensor;
 
 fn cfg(
     roi: [usize; 3],
@@ -21,7 +21,7 @@ fn cfg(
 }
 
 /// A 3×3×3 convolution to `k` channels plus each window's mean: window-dependent scores.
-fn predictor(k: usize) -> impl FnMut(&Tensor) -> medseg_train::Result<Tensor> {
+fn predictor(k: usize) -> impl FnMut(&Tensor) -> medseg_infer::Result<Tensor> {
     let dev = Device::Cpu;
     let w = random_tensor(&[k, 1, 3, 3, 3], 11, &dev).expect("w");
     let b = random_tensor(&[k], 12, &dev).expect("b");

@@ -208,14 +208,8 @@ where
             });
         }
         let dst = &mut labels[(s.batch * d + s.d) * hw..][..hw];
-        let mut best: Vec<f32> = s.scores[..hw].to_vec();
-        for (c, row) in s.scores.chunks(hw).enumerate().skip(1) {
-            for ((l, m), &v) in dst.iter_mut().zip(best.iter_mut()).zip(row) {
-                if v > *m {
-                    *m = v;
-                    *l = c as u8;
-                }
-            }
+        for (l, c) in dst.iter_mut().zip(medseg_metrics::argmax_channels(s.scores, k)) {
+            *l = c as u8;
         }
         Ok(())
     })?;

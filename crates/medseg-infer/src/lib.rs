@@ -1,0 +1,39 @@
+//! medseg-infer: everything a deployer needs to run a trained network, without the trainer.
+//!
+//! - [`source`]: where a model comes from (a run folder, a weights file + config) and loading it.
+//! - [`config`]: the model, preprocessing and sliding-window settings of a run.
+//! - [`model`]: the [`SegModel`] boundary and the model configs ([`ModelConfig`]).
+//! - [`preprocess`]: the run's deterministic validation transforms onto the network grid.
+//! - [`sliding_window`]: MONAI sliding-window inference, streamed slice by slice.
+//! - [`tta`], [`postprocess`], [`resample`]: flips, softmax/argmax, back to the input grid.
+//! - [`predict`]: the [`Predictor`] that `medseg predict` calls once per case; [`jobs`] pairs
+//!   inputs with outputs and refuses to overwrite an input.
+//! - [`eval`]: prediction folder vs ground-truth folder through medseg-data's reader and
+//!   medseg-metrics.
+//!
+//! See the crate README and `docs/inference.md`.
+pub mod config;
+pub mod error;
+pub mod eval;
+pub mod jobs;
+pub mod model;
+pub mod postprocess;
+pub mod predict;
+pub mod preprocess;
+pub mod resample;
+pub mod sliding_window;
+pub mod source;
+pub mod tta;
+
+pub use config::InferenceConfig;
+pub use error::{Error, Result};
+pub use eval::{AFFINE_TOLERANCE, EvalOptions, LabelMap, eval_folders, read_label_map};
+pub use jobs::{Job, plan_jobs};
+pub use model::{ModelConfig, SegModel, TinyUnet, TinyUnetConfig};
+pub use predict::{Observer, PredictOptions, Predictor, Quiet};
+pub use preprocess::{Pipeline, Preprocessing};
+pub use sliding_window::{
+    BlendMode, BlendedSlice, SlidingWindowConfig, sliding_window_argmax, sliding_window_inference,
+    sliding_window_stream,
+};
+pub use source::{ConfigSource, LoadedModel, ModelSource, ResolvedModel, run_weights};

@@ -1,0 +1,7 @@
+//! Integration tests of medseg-infer (one binary, ripgrep style).
+
+/// Streaming sliding window vs a naive full-buffer blend; its argmax and liveness.
+mod sliding_window;
+
+/// NIfTI label-map reading and folder evaluation (geometry checks, error texts).
+mod eval;
