@@ -12,6 +12,7 @@
 //!   medseg-metrics.
 //!
 //! See the crate README and `docs/inference.md`.
+pub mod components;
 pub mod config;
 pub mod error;
 pub mod eval;
@@ -23,6 +24,7 @@ pub mod preprocess;
 pub mod resample;
 pub mod sliding_window;
 pub mod source;
+pub mod statistics;
 pub mod tta;
 
 pub use config::InferenceConfig;

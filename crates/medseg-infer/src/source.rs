@@ -14,23 +14,13 @@ use crate::config::InferenceConfig;
 use crate::model::{ModelConfig, SegModel};
 use crate::{Error, Result};
 
-/// The weights file of a run folder to predict with: `checkpoints/best.safetensors`, else
-/// `checkpoints/last.safetensors`.
-///
-/// This is the single place that knows the run folder's checkpoint layout: switch it here when
-/// the layout changes.
+/// The weights file of a run folder to predict with: medseg-run's
+/// [`inference_weights`](medseg_run::checkpoint::inference_weights) (`checkpoints/best.safetensors`,
+/// else the newest complete checkpoint generation, else an old run's `last.safetensors`), so the
+/// checkpoint layout is known in one place only.
 pub fn run_weights(run_dir: &Path) -> Result<PathBuf> {
-    let ck = run_dir.join("checkpoints");
-    ["best.safetensors", "last.safetensors"]
-        .iter()
-        .map(|f| ck.join(f))
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Model {
-            path: run_dir.to_path_buf(),
-            reason: "the run folder has neither checkpoints/best.safetensors nor \
-                     checkpoints/last.safetensors"
-                .into(),
-        })
+    medseg_run::checkpoint::inference_weights(run_dir)
+        .map_err(|e| Error::Model { path: run_dir.to_path_buf(), reason: e.to_string() })
 }
 
 /// A configuration and where it came from (a file, `preset NAME`), for messages.

@@ -5,3 +5,6 @@ mod sliding_window;
 
 /// NIfTI label-map reading and folder evaluation (geometry checks, error texts).
 mod eval;
+
+/// Connected components, largest/small-component clean-up and class statistics vs scipy/numpy.
+mod components;
