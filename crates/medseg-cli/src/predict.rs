@@ -1,27 +1,55 @@
-//! `medseg predict`: NIfTI image(s) → label map(s) on the input's exact grid, TotalSegmentator
-//! style. Argument parsing and progress display only: model sources, preprocessing, the sliding
-//! window, TTA, resampling back and the path checks are medseg-infer's (`docs/inference.md`).
+//! `medseg predict`: NIfTI image(s) or a DICOM series → label map(s) on the input's exact grid
+//! (NIfTI or DICOM SEG), with statistics, preview, class subset and clean-up, TotalSegmentator
+//! style. Argument parsing and progress display only: everything else is medseg-infer's
+//! (`docs/inference.md`).
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::dataset::case_id;
 use medseg_infer::source::ConfigSource;
-use medseg_infer::{ModelSource, Observer, PredictOptions, Predictor, plan_jobs};
+use medseg_infer::{
+    Cleanup, ModelSource, Observer, OutputType, PredictOptions, Predictor, Request, class_names,
+    labels_of, plan,
+};
 use medseg_models::MergeOrder;
 use medseg_train::{TrainConfig, device_from_str};
 
 /// Arguments of `medseg predict`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Input image (`.nii`/`.nii.gz`) or a folder of them (hidden files are skipped).
+    /// Input image (`.nii`/`.nii.gz`), a folder of them (hidden files are skipped), or a DICOM
+    /// series: a folder without NIfTI files, a `.zip` or a DICOM file.
     #[arg(short = 'i', long)]
     pub input: PathBuf,
-    /// Output label map (`.nii`/`.nii.gz`), or a folder: it receives `<case>.nii.gz` per input
-    /// (`<case>` is the file name without `.nii[.gz]` and an nnU-Net `_0000` suffix). Never one
-    /// of the inputs.
+    /// Output label map (`.nii`/`.nii.gz`, or `.dcm` for a DICOM SEG), or a folder: it receives
+    /// `<case>.nii.gz` (`<case>.dcm`) per input (`<case>` is the file name without
+    /// `.nii[.gz]` and an nnU-Net `_0000` suffix). Never one of the inputs.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
+    /// nifti or dicom-seg (DICOM input only). Default: dicom-seg for a `.dcm` output, else nifti.
+    #[arg(long = "output-type", value_parser = ["nifti", "dicom-seg"])]
+    pub output_type: Option<String>,
+    /// SeriesInstanceUID of a DICOM input (default: the CT series with most slices, no scout).
+    #[arg(long)]
+    pub series: Option<String>,
+    /// Per-class statistics (`.json` or `.csv`): voxels, ml, mean/std/min/max/median of the
+    /// input intensity. Folder input: `<output>/<case>_<file name>` per case.
+    #[arg(long)]
+    pub statistics: Option<PathBuf>,
+    /// Preview picture (`.png`): three slices through the labelled region with a legend. Folder
+    /// input: `<output>/<case>_<file name>` per case.
+    #[arg(long)]
+    pub preview: Option<PathBuf>,
+    /// Write only these classes (comma-separated names; others become background).
+    #[arg(long = "roi-subset")]
+    pub roi_subset: Option<String>,
+    /// Keep only the largest connected component of these classes (all without a list).
+    #[arg(long = "largest-component", num_args = 0..=1, default_missing_value = "")]
+    pub largest_component: Option<String>,
+    /// Remove connected components smaller than this volume in ml (every class).
+    #[arg(long = "remove-small", value_parser = parse_ml)]
+    pub remove_small: Option<f64>,
     /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), or a weights
     /// file (`.safetensors`, MONAI `.pt`/`.pth`), which needs `--preset` or `--config`.
     #[arg(long)]
@@ -61,6 +89,13 @@ pub struct Args {
 fn parse_overlap(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
     if (0.0..1.0).contains(&v) { Ok(v) } else { Err(format!("must be in [0, 1), got {v}")) }
+}
+
+fn parse_ml(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("must be a volume in ml ≥ 0, got {s}")),
+    }
 }
 
 fn parse_batch(s: &str) -> std::result::Result<usize, String> {
@@ -126,7 +161,28 @@ pub fn run(args: &Args) -> Result<()> {
         resolved.config.set_merge_order(MergeOrder::parse(o)?).context("--merge-order")?;
     }
     resolved.config.validate().with_context(|| format!("checking config {origin}"))?;
-    let jobs = plan_jobs(&args.input, &args.output, args.probabilities.as_deref())?;
+    let request = Request {
+        probabilities: args.probabilities.clone(),
+        output_type: args.output_type.as_deref().map(OutputType::parse).transpose()?,
+        statistics: args.statistics.clone(),
+        preview: args.preview.clone(),
+    };
+    let jobs = plan(&args.input, &args.output, &request)?;
+    let (names, names_from) = class_names(&args.model, resolved.config.model.out_channels());
+    let all: Vec<String> = names.iter().skip(1).cloned().collect();
+    let cleanup = Cleanup {
+        subset: args
+            .roi_subset
+            .as_deref()
+            .map(|s| labels_of(s, &names, "--roi-subset"))
+            .transpose()?,
+        largest: match args.largest_component.as_deref() {
+            Some("") => Some(labels_of(&all.join(","), &names, "--largest-component")?),
+            Some(s) => Some(labels_of(s, &names, "--largest-component")?),
+            None => None,
+        },
+        remove_small_ml: args.remove_small,
+    };
     let device = device_from_str(&args.device)?;
     let weights = resolved.weights.clone();
     let loaded = resolved.load(&device)?;
@@ -144,9 +200,15 @@ pub fn run(args: &Args) -> Result<()> {
         let from = if args.merge_order.is_some() { "--merge-order flag" } else { from };
         eprintln!("patch-merging order {order:?} (from the {from})");
     }
-    let p = Predictor::new(loaded, device, PredictOptions { tta: args.tta });
+    if args.roi_subset.is_some() || args.largest_component.is_some() || args.statistics.is_some() {
+        eprintln!("class names: {names_from}");
+    }
+    let opts =
+        PredictOptions { tta: args.tta, class_names: names, cleanup, series: args.series.clone() };
+    let p = Predictor::new(loaded, device, opts);
     eprintln!("{}", p.window_summary());
-    let folder = args.input.is_dir();
+    // Folder mode: the jobs' inputs are the files of the input folder (a DICOM folder is one job).
+    let folder = jobs.iter().any(|j| j.input != args.input);
     let display = Display {
         cases: if folder {
             counting_bar(jobs.len(), "predict", "{msg}")

@@ -13,6 +13,12 @@ pub enum Error {
     /// Scoring failed.
     #[error(transparent)]
     Metrics(#[from] medseg_metrics::Error),
+    /// Reading a DICOM series or writing a DICOM SEG failed (the message names the file).
+    #[error(transparent)]
+    Dicom(#[from] medseg_dicom::Error),
+    /// Drawing or writing a preview picture failed.
+    #[error(transparent)]
+    Picture(#[from] medseg_run::Error),
     /// Reading or loading model weights failed.
     #[error(transparent)]
     Weights(#[from] medseg_models::loader::Error),

@@ -8,10 +8,14 @@
 //! - [`tta`], [`postprocess`], [`resample`]: flips, softmax/argmax, back to the input grid.
 //! - [`predict`]: the [`Predictor`] that `medseg predict` calls once per case; [`jobs`] pairs
 //!   inputs with outputs and refuses to overwrite an input.
+//! - [`classes`]: class names, `--roi-subset` and the connected-component clean-up
+//!   ([`components`]); [`statistics`] and [`preview`]: the per-class table and picture of a
+//!   prediction.
 //! - [`eval`]: prediction folder vs ground-truth folder through medseg-data's reader and
 //!   medseg-metrics.
 //!
 //! See the crate README and `docs/inference.md`.
+pub mod classes;
 pub mod components;
 pub mod config;
 pub mod error;
@@ -21,16 +25,18 @@ pub mod model;
 pub mod postprocess;
 pub mod predict;
 pub mod preprocess;
+pub mod preview;
 pub mod resample;
 pub mod sliding_window;
 pub mod source;
 pub mod statistics;
 pub mod tta;
 
+pub use classes::{Cleanup, CleanupReport, class_names, labels_of};
 pub use config::InferenceConfig;
 pub use error::{Error, Result};
 pub use eval::{AFFINE_TOLERANCE, EvalOptions, LabelMap, eval_folders, read_label_map};
-pub use jobs::{Job, plan_jobs};
+pub use jobs::{InputKind, Job, OutputType, Request, plan, plan_jobs};
 pub use model::{ModelConfig, SegModel, TinyUnet, TinyUnetConfig};
 pub use predict::{Observer, PredictOptions, Predictor, Quiet};
 pub use preprocess::{Pipeline, Preprocessing};

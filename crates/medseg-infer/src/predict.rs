@@ -4,24 +4,31 @@
 //! Per case: read → the run's validation transforms ([`crate::preprocess`]) → sliding window
 //! ([`crate::sliding_window`], streamed) → softmax (averaged over the 8 flips with TTA,
 //! [`crate::tta`]) → argmax ([`crate::postprocess`]) → back to the input's grid
-//! ([`crate::resample`]). Every file is written atomically; probabilities before the label map.
+//! ([`crate::resample`]) → the clean-up of [`crate::classes`] (subset, largest component, small
+//! components) → the label map (NIfTI, or a DICOM SEG for a DICOM input) → its statistics and
+//! preview. Every file is written atomically; probabilities before the label map.
 use std::time::Instant;
 
 use candle::{Device, Tensor};
 use medseg_data::dataset::case_id;
+use medseg_data::nifti_io::write_volume;
+use medseg_data::spatial::labels_to_original_grid;
 use medseg_data::transforms::Compose;
-use medseg_data::write_prediction;
+use medseg_data::{Sample, Volume};
+use medseg_dicom::{Limits, SegOptions, SeriesInfo, read_dicom, write_seg};
 use medseg_models::MergeOrder;
 use rayon::prelude::*;
 
+use crate::classes::Cleanup;
 use crate::config::InferenceConfig;
-use crate::jobs::Job;
+use crate::jobs::{InputKind, Job, OutputType};
 use crate::model::SegModel;
 use crate::postprocess::{argmax_labels, softmax_channels};
-use crate::preprocess::{InputGeometry, prepare};
+use crate::preprocess::{InputGeometry, prepare_sample, read_sample};
 use crate::resample::write_probabilities;
 use crate::sliding_window::{sliding_window_argmax, sliding_window_stream, window_starts};
 use crate::source::LoadedModel;
+use crate::statistics::{class_statistics, to_csv, to_json};
 use crate::tta::{add_slice, flip_sets, unflip};
 use crate::{Error, Result};
 
@@ -46,6 +53,13 @@ impl Observer for Quiet {}
 pub struct PredictOptions {
     /// Average the softmax over the 8 flips of the three spatial axes (8× the time).
     pub tta: bool,
+    /// Class names by label (background first), for statistics, previews and DICOM SEG
+    /// segments; empty: `class_<n>`.
+    pub class_names: Vec<String>,
+    /// Clean-up of the label map on the input grid, before it is written.
+    pub cleanup: Cleanup,
+    /// The SeriesInstanceUID to read from a DICOM input (default: medseg-dicom's choice).
+    pub series: Option<String>,
 }
 
 /// A loaded model ready to predict case after case.
@@ -87,14 +101,25 @@ impl Predictor {
         )
     }
 
-    /// Predicts one case and writes its outputs (probabilities first, the label map last).
+    /// Class names by label: the options' names, completed with `class_<n>`.
+    pub fn class_names(&self) -> Vec<String> {
+        (0..self.config.model.out_channels())
+            .map(|c| self.opts.class_names.get(c).cloned().unwrap_or(format!("class_{c}")))
+            .collect()
+    }
+
+    /// Predicts one case and writes its outputs (probabilities first, then the label map, its
+    /// statistics and its preview).
     pub fn predict(&self, job: &Job, obs: &dyn Observer) -> Result<()> {
         let start = Instant::now();
+        let (sample, series) = self.read(job)?;
         let id = case_id(&job.input);
-        let (prep, geometry) = prepare(&job.input, &self.transforms)?;
-        for w in &prep.meta.warnings {
+        for w in &sample.meta.warnings {
             obs.log(&format!("warning: {}: {w}", job.input.display()));
         }
+        let original =
+            (job.statistics.is_some() || job.preview.is_some()).then(|| sample.image.clone());
+        let (prep, geometry) = prepare_sample(sample, &job.input, &self.transforms)?;
         self.log_geometry(&id, &geometry, obs);
         let shape = prep.shape;
         // [X·Y·Z] -> [1, 1, D, H, W]
@@ -114,7 +139,41 @@ impl Predictor {
                 .flatten_all()?
                 .to_vec1::<u8>()?
         };
-        write_prediction(&job.output, labels, shape, prep.affine, &prep.meta)?;
+        let net = Volume::new(labels, shape, prep.affine).ok_or_else(|| Error::Shape {
+            what: "label map".into(),
+            expected: format!("{} voxels", shape.iter().product::<usize>()),
+            got: shape.to_vec(),
+        })?;
+        let mut labels =
+            labels_to_original_grid(&net, &prep.meta.original_affine, prep.meta.original_shape)?;
+        if !self.opts.cleanup.is_empty() {
+            let r = self.opts.cleanup.apply(&mut labels);
+            obs.log(&format!(
+                "{id}: clean-up set {} voxels to background (subset {}, largest component {}, \
+                 small components {})",
+                r.subset + r.largest + r.small,
+                r.subset,
+                r.largest,
+                r.small
+            ));
+        }
+        let names = self.class_names();
+        self.write_labels(job, &labels, &names, series.as_ref(), obs)?;
+        if let (Some(path), Some(image)) = (&job.statistics, &original) {
+            let stats = class_statistics(labels.data(), image.data(), labels.spacing(), &names);
+            let text = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")) {
+                to_csv(&stats)
+            } else {
+                let mut t = serde_json::to_string_pretty(&to_json(&stats))
+                    .map_err(|e| Error::Path(format!("{}: {e}", path.display())))?;
+                t.push('\n');
+                t
+            };
+            medseg_run::files::write_atomic(path, text.as_bytes())?;
+        }
+        if let (Some(path), Some(image)) = (&job.preview, &original) {
+            crate::preview::write_preview(path, image, &labels, &names, &id)?;
+        }
         obs.log(&format!(
             "{id}: {:?} → network grid {:?} → {} in {:.2} s",
             prep.meta.original_shape,
@@ -123,6 +182,49 @@ impl Predictor {
             start.elapsed().as_secs_f64()
         ));
         Ok(())
+    }
+
+    /// Reads the input: a NIfTI file, or the chosen series of a DICOM input (with its
+    /// [`SeriesInfo`] for a SEG).
+    fn read(&self, job: &Job) -> Result<(Sample, Option<SeriesInfo>)> {
+        match job.input_kind {
+            InputKind::Nifti => Ok((read_sample(&job.input)?, None)),
+            InputKind::Dicom => {
+                let d = read_dicom(&job.input, self.opts.series.as_deref(), Limits::default())?;
+                let mut sample = Sample::new(d.volume, None)?;
+                sample.meta.image_path = Some(job.input.clone());
+                Ok((sample, Some(d.info)))
+            }
+        }
+    }
+
+    /// Writes the label map as NIfTI or as a DICOM SEG of the source series.
+    fn write_labels(
+        &self,
+        job: &Job,
+        labels: &Volume<u8>,
+        names: &[String],
+        series: Option<&SeriesInfo>,
+        obs: &dyn Observer,
+    ) -> Result<()> {
+        match (job.output_type, series) {
+            (OutputType::Nifti, _) => Ok(write_volume(&job.output, labels)?),
+            (OutputType::DicomSeg, Some(info)) => {
+                let w = write_seg(&job.output, labels, names, info, &SegOptions::default())?;
+                obs.log(&format!(
+                    "DICOM SEG {}: {} segments, {} frames, referencing series {}",
+                    job.output.display(),
+                    w.segments.len(),
+                    w.frames,
+                    info.series_instance_uid
+                ));
+                Ok(())
+            }
+            (OutputType::DicomSeg, None) => Err(Error::Path(format!(
+                "{}: a DICOM SEG output needs a DICOM input",
+                job.input.display()
+            ))),
+        }
     }
 
     /// The network on a batch of windows.

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use medseg_data::dataset::{DataItem, load_sample};
-use medseg_data::transforms::{self, BtcvConfig, Compose, Meta};
+use medseg_data::transforms::{self, BtcvConfig, Compose, Meta, Sample};
 use medseg_data::{Affine, Volume, sample_rng};
 
 use crate::{Error, Result};
@@ -113,6 +113,21 @@ impl InputGeometry {
 /// returns the input's orientation and spacing as read.
 pub fn prepare(path: &Path, transforms: &Compose) -> Result<(Prepared, InputGeometry)> {
     let sample = load_sample(&DataItem::new(path, None), None, 1e-3)?;
+    prepare_sample(sample, path, transforms)
+}
+
+/// Reads `path` as `f32` (NaN/inf rejected naming the voxel), as [`prepare`] does before its
+/// transforms.
+pub fn read_sample(path: &Path) -> Result<Sample> {
+    Ok(load_sample(&DataItem::new(path, None), None, 1e-3)?)
+}
+
+/// Applies `transforms` to an image already read (from `path`, named in errors).
+pub fn prepare_sample(
+    sample: Sample,
+    path: &Path,
+    transforms: &Compose,
+) -> Result<(Prepared, InputGeometry)> {
     let input = InputGeometry::of(&sample.image);
     // The validation transforms are deterministic: the generator is never drawn from.
     let mut rng = sample_rng(0, 0, 0);

@@ -20,3 +20,6 @@ mod train;
 
 // `medseg prepare`: TotalSegmentator folder → labels + datalist line; MSD md5 errors.
 mod prepare;
+
+/// `medseg predict`'s statistics, preview, subset, clean-up and DICOM in / SEG out.
+mod clinical;

@@ -8,3 +8,6 @@ mod eval;
 
 /// Connected components, largest/small-component clean-up and class statistics vs scipy/numpy.
 mod components;
+
+/// The prediction preview: world-direction panels and the real CT.
+mod preview;

@@ -19,9 +19,34 @@ pub const PALETTE: [[u8; 3]; 10] = [
     [127, 127, 127],
 ];
 
-/// The overlay colour of label value `class` (≥ 1).
+/// The overlay colour of label value `class` (≥ 1): [`PALETTE`] for labels 1–10, then hues
+/// stepped by the golden angle (saturation and value alternating between two levels), so that
+/// the 117 classes of TotalSegmentator get distinct colours.
 pub fn class_colour(class: u8) -> [u8; 3] {
-    PALETTE[usize::from(class.max(1) - 1) % PALETTE.len()]
+    let n = usize::from(class.max(1) - 1);
+    if n < PALETTE.len() {
+        return PALETTE[n];
+    }
+    let k = (n - PALETTE.len()) as f64;
+    let hue = (k * 137.507_764).rem_euclid(360.0);
+    let (s, v) = if n % 2 == 0 { (0.85, 0.95) } else { (0.65, 0.75) };
+    hsv(hue, s, v)
+}
+
+/// HSV (hue in degrees, saturation and value in [0, 1]) to RGB.
+fn hsv(h: f64, s: f64, v: f64) -> [u8; 3] {
+    let c = v * s;
+    let x = c * (1.0 - ((h / 60.0).rem_euclid(2.0) - 1.0).abs());
+    let (r, g, b) = match (h / 60.0) as u32 {
+        0 => (c, x, 0.0),
+        1 => (x, c, 0.0),
+        2 => (0.0, c, x),
+        3 => (0.0, x, c),
+        4 => (x, 0.0, c),
+        _ => (c, 0.0, x),
+    };
+    let m = v - c;
+    [r, g, b].map(|t| ((t + m) * 255.0).round().clamp(0.0, 255.0) as u8)
 }
 
 /// An RGB image.
@@ -182,6 +207,17 @@ impl Canvas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_colours_are_distinct_for_every_label() {
+        let all: Vec<[u8; 3]> = (1..=255u8).map(class_colour).collect();
+        assert_eq!(all[0], PALETTE[0]);
+        for (a, ca) in all.iter().enumerate().take(118) {
+            for (b, cb) in all.iter().enumerate().take(118).skip(a + 1) {
+                assert_ne!(ca, cb, "labels {} and {} share a colour", a + 1, b + 1);
+            }
+        }
+    }
 
     #[test]
     fn text_sets_the_glyph_pixels_and_nothing_outside_its_box() {

@@ -6,6 +6,8 @@
 //! [`class_colour`]s named in a legend.
 use std::path::Path;
 
+use medseg_data::Affine;
+
 use super::canvas::{Canvas, class_colour};
 use crate::{Error, Result};
 
@@ -147,24 +149,149 @@ pub fn slice_figure(path: &Path, fig: &Figure<'_>) -> Result<()> {
     draw(fig)?.save(path)
 }
 
-fn draw(fig: &Figure<'_>) -> Result<Canvas> {
-    let dims = fig.dims;
-    let n: usize = dims.iter().product();
+/// Where the panels of [`slice_figure_world`] cut the volume and how large they are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorldView {
+    /// Voxel-to-world (RAS+, mm) affine of the figure's grid.
+    pub affine: Affine,
+    /// The world point (mm) every panel passes through.
+    pub centre: [f64; 3],
+    /// Longest panel side in pixels (the pixel size in mm follows from the volume's extent).
+    pub panel_px: usize,
+}
+
+/// Draws `fig` with panels sampled in world space ([`world_panel`]): the planes through
+/// `view.centre` perpendicular to the world axes, in the radiological convention whatever the
+/// grid's orientation (oblique grids included), with square pixels in mm. `fig.axcodes` is
+/// ignored: the orientation letters always come from the world directions.
+pub fn slice_figure_world(path: &Path, fig: &Figure<'_>, view: &WorldView) -> Result<()> {
+    draw_world(fig, view)?.save(path)
+}
+
+/// The corners of the grid's voxel-centre box in world coordinates: per world axis, the range.
+fn world_extent(dims: [usize; 3], affine: &Affine) -> [(f64, f64); 3] {
+    let mut ext = [(f64::INFINITY, f64::NEG_INFINITY); 3];
+    for c in 0..8 {
+        let p: [f64; 3] = std::array::from_fn(|d| {
+            if c >> d & 1 == 1 { dims[d].saturating_sub(1) as f64 } else { 0.0 }
+        });
+        let w = affine.apply(p);
+        for d in 0..3 {
+            ext[d] = (ext[d].0.min(w[d]), ext[d].1.max(w[d]));
+        }
+    }
+    ext
+}
+
+/// The world axis (0 = R, 1 = A, 2 = S) and the sign of world coordinate growth of a screen
+/// direction letter.
+fn world_dir(c: char) -> (usize, f64) {
+    match c {
+        'R' => (0, 1.0),
+        'L' => (0, -1.0),
+        'A' => (1, 1.0),
+        'P' => (1, -1.0),
+        'S' => (2, 1.0),
+        _ => (2, -1.0),
+    }
+}
+
+/// The panel of `view` through the world point `centre`, sampled every `pixel_mm` mm along the
+/// world directions of the screen (axial: +x towards the patient's left, +y posterior; coronal:
+/// left, inferior; sagittal: posterior, inferior) over the grid's world extent:
+/// `(width, height, flat voxel index of each pixel or None outside the grid)`, nearest voxel.
+pub fn world_panel(
+    view: View,
+    dims: [usize; 3],
+    affine: &Affine,
+    centre: [f64; 3],
+    pixel_mm: f64,
+) -> Result<WorldPanel> {
+    let inv = affine
+        .inverse()
+        .ok_or_else(|| Error::Invalid(format!("the grid's affine {:?} is singular", affine.0)))?;
+    if !(pixel_mm > 0.0 && pixel_mm.is_finite()) {
+        return Err(Error::Invalid(format!("pixel size {pixel_mm} mm must be positive")));
+    }
+    let ext = world_extent(dims, affine);
+    let (sx, sy) = view.screen();
+    let ((ax, gx), (ay, gy)) = (world_dir(sx), world_dir(sy));
+    let len = |a: usize| ext[a].1 - ext[a].0;
+    let (w, h) =
+        ((len(ax) / pixel_mm).round() as usize + 1, (len(ay) / pixel_mm).round() as usize + 1);
+    // Screen coordinate 0 is the world end the direction starts from.
+    let start = |a: usize, g: f64| if g > 0.0 { ext[a].0 } else { ext[a].1 };
+    let mut idx = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            let mut p = centre;
+            p[ax] = start(ax, gx) + gx * x as f64 * pixel_mm;
+            p[ay] = start(ay, gy) + gy * y as f64 * pixel_mm;
+            let v = inv.apply(p);
+            let r: [f64; 3] = v.map(f64::round);
+            let inside = (0..3).all(|d| r[d] >= 0.0 && r[d] < dims[d] as f64);
+            idx.push(inside.then(|| {
+                let [i, j, k] = r.map(|t| t as usize);
+                (i * dims[1] + j) * dims[2] + k
+            }));
+        }
+    }
+    Ok((w, h, idx))
+}
+
+/// A world panel's width, height and the flat voxel index of each pixel ([`world_panel`]).
+pub type WorldPanel = (usize, usize, Vec<Option<usize>>);
+
+fn check_rows(fig: &Figure<'_>) -> Result<()> {
+    let n: usize = fig.dims.iter().product();
     if n == 0
         || fig.rows.iter().any(|r| r.image.len() != n || r.labels.is_some_and(|l| l.len() != n))
     {
         return Err(Error::Invalid(format!(
-            "figure {:?}: every row needs {n} voxels for dims {dims:?}",
-            fig.title
+            "figure {:?}: every row needs {n} voxels for dims {:?}",
+            fig.title, fig.dims
         )));
     }
+    Ok(())
+}
+
+fn draw(fig: &Figure<'_>) -> Result<Canvas> {
+    check_rows(fig)?;
+    let dims = fig.dims;
     let codes = fig.axcodes.unwrap_or("RAS");
-    let panels: Vec<(View, Panel)> =
-        View::ALL.iter().map(|&v| Ok((v, slice_index(v, dims, codes)?))).collect::<Result<_>>()?;
     let scale = PANEL / dims.iter().copied().max().unwrap_or(1) as f64;
+    let panels: Vec<(View, WorldPanel)> = View::ALL
+        .iter()
+        .map(|&v| {
+            let (w, h, idx) = slice_index(v, dims, codes)?;
+            Ok((v, (w, h, idx.into_iter().map(Some).collect())))
+        })
+        .collect::<Result<_>>()?;
+    Ok(draw_panels(fig, &panels, scale, fig.axcodes.is_some()))
+}
+
+fn draw_world(fig: &Figure<'_>, view: &WorldView) -> Result<Canvas> {
+    check_rows(fig)?;
+    let ext = world_extent(fig.dims, &view.affine);
+    let longest = ext.iter().map(|e| e.1 - e.0).fold(0.0, f64::max);
+    let pixel_mm = if longest > 0.0 { longest / view.panel_px.max(2) as f64 } else { 1.0 };
+    let panels: Vec<(View, WorldPanel)> = View::ALL
+        .iter()
+        .map(|&v| Ok((v, world_panel(v, fig.dims, &view.affine, view.centre, pixel_mm)?)))
+        .collect::<Result<_>>()?;
+    Ok(draw_panels(fig, &panels, 1.0, true))
+}
+
+fn draw_panels(
+    fig: &Figure<'_>,
+    panels: &[(View, WorldPanel)],
+    scale: f64,
+    with_letters: bool,
+) -> Canvas {
     let size = |k: usize| ((k as f64 * scale).round() as usize).max(1);
     let (m, gap) = (12usize, 12usize);
     let total_w = m + panels.iter().map(|(_, p)| size(p.0) + gap).sum::<usize>() + m - gap;
+    let total_w = total_w.max(m + Canvas::text_width(&fig.title, 2) + m);
     let panel_h = panels.iter().map(|(_, p)| size(p.1)).max().unwrap_or(1);
     let title_h = 16 + 10;
     let head_h = 8 + 6;
@@ -173,8 +300,8 @@ fn draw(fig: &Figure<'_>) -> Result<Canvas> {
     let mut present = [false; 256];
     for row in &fig.rows {
         if let Some(l) = row.labels {
-            for (_, (_, _, idx)) in &panels {
-                for &i in idx {
+            for (_, (_, _, idx)) in panels {
+                for &i in idx.iter().flatten() {
                     present[usize::from(l[i])] = true;
                 }
             }
@@ -209,7 +336,7 @@ fn draw(fig: &Figure<'_>) -> Result<Canvas> {
     c.text(m as i64, m as i64, &fig.title, INK, 2);
     let mut y = m + title_h;
     let mut ox = m;
-    for (view, p) in &panels {
+    for (view, p) in panels {
         c.text(ox as i64, y as i64, view.name(), INK, 1);
         ox += size(p.0) + gap;
     }
@@ -218,25 +345,31 @@ fn draw(fig: &Figure<'_>) -> Result<Canvas> {
         c.text(m as i64, y as i64, &row.title, INK, 2);
         let py = y + 16 + 6;
         let mut ox = m;
-        for (view, (w, h, idx)) in &panels {
+        for (view, (w, h, idx)) in panels {
             let (dw, dh) = (size(*w), size(*h));
             for yy in 0..dh {
                 let sy = ((yy as f64 / scale) as usize).min(h - 1);
                 for xx in 0..dw {
                     let sx = ((xx as f64 / scale) as usize).min(w - 1);
-                    let i = idx[sy * w + sx];
-                    let g = (row.image[i].clamp(0.0, 1.0) * 255.0) as u8;
-                    let l = row.labels.map_or(0, |l| l[i]);
-                    let col = if l == 0 {
-                        [g, g, g]
-                    } else {
-                        let p = class_colour(l);
-                        std::array::from_fn(|k| ((u16::from(g) + u16::from(p[k])) / 2) as u8)
+                    let col = match idx[sy * w + sx] {
+                        None => [0, 0, 0],
+                        Some(i) => {
+                            let g = (row.image[i].clamp(0.0, 1.0) * 255.0) as u8;
+                            let l = row.labels.map_or(0, |l| l[i]);
+                            if l == 0 {
+                                [g, g, g]
+                            } else {
+                                let p = class_colour(l);
+                                std::array::from_fn(|k| {
+                                    ((u16::from(g) + u16::from(p[k])) / 2) as u8
+                                })
+                            }
+                        }
                     };
                     c.set((ox + xx) as i64, (py + yy) as i64, col);
                 }
             }
-            if fig.axcodes.is_some() {
+            if with_letters {
                 letters(&mut c, *view, (ox, py, dw, dh));
             }
             ox += dw + gap;
@@ -259,7 +392,7 @@ fn draw(fig: &Figure<'_>) -> Result<Canvas> {
             x += entry_w(s);
         }
     }
-    Ok(c)
+    c
 }
 
 /// Orientation letters on the four edges of a panel at `(x, y, w, h)`.

@@ -1,0 +1,58 @@
+//! The `--preview` picture: the radiological convention from the affine (any stored
+//! orientation draws the same anatomy at the same place), and the real CT of `../shared/data`
+//! with its ground truth as a stand-in prediction (written to the target's tmp folder to look at).
+use medseg_data::{Affine, Volume, read_nifti};
+use medseg_infer::preview::{foreground_centre, write_preview};
+use medseg_run::picture::{View, world_panel};
+
+/// World point of the pixel of `view` that shows voxel `v`.
+fn pixel_of(view: View, dims: [usize; 3], affine: &Affine, v: [usize; 3]) -> (usize, usize) {
+    let centre = affine.apply(v.map(|t| t as f64));
+    let (w, _, idx) = world_panel(view, dims, affine, centre, 1.0).expect("panel");
+    let flat = (v[0] * dims[1] + v[1]) * dims[2] + v[2];
+    let p = idx.iter().position(|&i| i == Some(flat)).expect("voxel shown");
+    (p % w, p / w)
+}
+
+#[test]
+fn panels_follow_world_directions_for_any_storage_order() {
+    let dims = [6, 7, 8];
+    let ras = Affine::from_parts([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [0.0; 3]);
+    // The same space stored LPI with the slice axis first: index (a, b, c) -> world
+    // (-(c), -(b), -(a)) shifted to stay on the same box.
+    let lpi =
+        Affine::from_parts([[0.0, 0.0, -1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]], [5.0, 6.0, 7.0]);
+    // The patient's rightmost, most anterior, most superior voxel.
+    let ras_v = [5, 6, 7];
+    let lpi_v = [0, 0, 0];
+    assert_eq!(ras.apply(ras_v.map(|t| t as f64)), lpi.apply(lpi_v.map(|t| t as f64)));
+    let lpi_dims = [8, 7, 6];
+    for view in View::ALL {
+        let a = pixel_of(view, dims, &ras, ras_v);
+        let b = pixel_of(view, lpi_dims, &lpi, lpi_v);
+        assert_eq!(a, b, "{view:?}");
+        // Right on the image's left (axial, coronal), anterior on the left (sagittal); the top
+        // row is anterior (axial) or superior (coronal, sagittal).
+        assert_eq!(a, (0, 0), "{view:?}");
+    }
+}
+
+#[test]
+fn the_real_ct_preview_is_centred_on_the_labels() {
+    let Some(data) = medseg_testkit::shared_data_dir(env!("CARGO_MANIFEST_DIR")) else { return };
+    let dir = data.join("ts-abdomen-3mm-small");
+    let (ct, _): (Volume<f32>, _) = read_nifti(dir.join("ct.nii.gz")).expect("ct");
+    let (seg, _): (Volume<u8>, _) = read_nifti(dir.join("seg.nii.gz")).expect("seg");
+    let labels: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("labels.json")).expect("labels"))
+            .expect("json");
+    let names: Vec<String> =
+        (0..118).map(|c| labels[c.to_string()].as_str().unwrap_or("?").to_string()).collect();
+    let centre = foreground_centre(&seg).expect("foreground");
+    assert!(centre.iter().zip(seg.shape()).all(|(&c, n)| c >= 0.0 && c < n as f64));
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("preview_ts_abdomen.png");
+    write_preview(&out, &ct, &seg, &names, "ts-abdomen-3mm-small").expect("preview");
+    let bytes = std::fs::read(&out).expect("png");
+    assert_eq!(&bytes[1..4], b"PNG");
+    eprintln!("preview written to {}", out.display());
+}
