@@ -163,17 +163,25 @@ fn a_dicom_series_is_predicted_on_its_grid_and_written_as_seg() {
     assert_eq!(json["class_1"]["voxels"], count(&pred, 1));
     // DICOM SEG from the .dcm extension, or explicitly; refused for a NIfTI input.
     let seg = tmp.path().join("seg.dcm");
-    let mut args = vec!["predict", "-i", s(&series), "-o", s(&seg), "--model", s(&run)];
-    if pred.data().iter().any(|&l| l != 0) {
-        medseg_ok(&args);
-        let bytes = std::fs::read(&seg).expect("seg");
-        assert_eq!(&bytes[128..132], b"DICM");
-    } else {
-        // A map without foreground has no segment to write: a clear error.
-        args.push("--largest-component");
-        let err = medseg_err(&args);
-        assert!(err.contains("no foreground"), "{err}");
-    }
+    assert!(pred.data().iter().any(|&l| l != 0), "the fixture gets foreground");
+    let log = medseg_ok(&["predict", "-i", s(&series), "-o", s(&seg), "--model", s(&run)]);
+    assert!(log.contains("DICOM SEG") && log.contains("segments"), "{log}");
+    let bytes = std::fs::read(&seg).expect("seg");
+    assert_eq!(&bytes[128..132], b"DICM");
+    let explicit = tmp.path().join("seg_out");
+    std::fs::create_dir(&explicit).expect("mkdir");
+    medseg_ok(&[
+        "predict",
+        "-i",
+        s(&series),
+        "-o",
+        s(&explicit),
+        "--model",
+        s(&run),
+        "--output-type",
+        "dicom-seg",
+    ]);
+    assert!(explicit.join("axial.dcm").is_file(), "folder output: <series folder name>.dcm");
     let err = medseg_err(&[
         "predict",
         "-i",
