@@ -23,8 +23,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Segment NIfTI images with a trained run or MONAI weights; outputs match the input grid.
-    Predict(predict::Args),
+    /// Segment NIfTI images or a DICOM series with a trained run or MONAI weights; outputs
+    /// (NIfTI or DICOM SEG, statistics, preview) match the input grid.
+    Predict(Box<predict::Args>),
     /// Score a folder of predictions against ground truth (Dice, IoU, HD95, ASSD, NSD).
     Eval(eval::Args),
     /// Train a network from a TOML config or preset (the same as `cargo xtask train`).

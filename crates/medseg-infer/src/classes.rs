@@ -51,7 +51,7 @@ pub fn labels_of(list: &str, names: &[String], what: &str) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         match names.iter().skip(1).position(|n| n == name) {
-            Some(i) if i + 1 <= usize::from(u8::MAX) => out.push((i + 1) as u8),
+            Some(i) if i < usize::from(u8::MAX) => out.push((i + 1) as u8),
             _ => {
                 return Err(Error::Config(format!(
                     "{what}: no class {name:?}; the model's classes are: {}",
