@@ -1,6 +1,7 @@
 //! The `--preview` picture: the radiological convention from the affine (any stored
 //! orientation draws the same anatomy at the same place), and the real CT of `../shared/data`
 //! with its ground truth as a stand-in prediction (written to the target's tmp folder to look at).
+use medseg_data::spatial::permute_flip;
 use medseg_data::{Affine, Volume, read_nifti};
 use medseg_infer::preview::{foreground_centre, write_preview};
 use medseg_run::picture::{View, world_panel};
@@ -55,4 +56,25 @@ fn the_real_ct_preview_is_centred_on_the_labels() {
     let bytes = std::fs::read(&out).expect("png");
     assert_eq!(&bytes[1..4], b"PNG");
     eprintln!("preview written to {}", out.display());
+    // The same scan stored in another axis order (slice axis first, two axes reversed) draws
+    // the same picture.
+    let (perm, flip) = ([2, 0, 1], [true, false, true]);
+    let (ct2, seg2) = (permute_flip(&ct, perm, flip), permute_flip(&seg, perm, flip));
+    assert_ne!(ct2.axcodes(), ct.axcodes());
+    let out2 = out.with_file_name("preview_ts_abdomen_reoriented.png");
+    write_preview(&out2, &ct2, &seg2, &names, "ts-abdomen-3mm-small").expect("preview");
+    let (a, b) = (decode(&out), decode(&out2));
+    assert_eq!(a.0, b.0, "same size");
+    let differ = a.1.iter().zip(&b.1).filter(|(x, y)| x != y).count();
+    assert!(differ * 1000 <= a.1.len(), "{differ} of {} bytes differ", a.1.len());
+}
+
+/// `((width, height), RGB bytes)` of a PNG.
+fn decode(path: &std::path::Path) -> ((u32, u32), Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("png")));
+    let mut reader = dec.read_info().expect("png header");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("png frame");
+    buf.truncate(info.buffer_size());
+    ((info.width, info.height), buf)
 }
