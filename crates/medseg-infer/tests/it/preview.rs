@@ -78,3 +78,20 @@ fn decode(path: &std::path::Path) -> ((u32, u32), Vec<u8>) {
     buf.truncate(info.buffer_size());
     ((info.width, info.height), buf)
 }
+
+#[test]
+fn an_oblique_dicom_series_is_drawn_along_world_directions() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../medseg-dicom/tests/fixtures/oblique");
+    let d = medseg_dicom::read_dicom(&dir, None, medseg_dicom::Limits::default()).expect("series");
+    let bright = d.volume.map(|v| u8::from(v > 1000.0));
+    assert!(bright.data().contains(&1));
+    let names = vec!["background".to_string(), "bright".to_string()];
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("preview_oblique.png");
+    write_preview(&out, &d.volume, &bright, &names, "oblique fixture").expect("preview");
+    let ((w, h), px) = decode(&out);
+    assert!(w > 300 && h > 100);
+    // Outside the oblique slab the panels are black (no voxel), inside grey or coloured.
+    let black = px.chunks(3).filter(|p| p == &[0, 0, 0]).count();
+    assert!(black > 0, "an oblique slab leaves parts of the world-aligned panels empty");
+}
