@@ -27,7 +27,7 @@ pub struct Args {
     /// `.nii[.gz]` and an nnU-Net `_0000` suffix). Never one of the inputs.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
-    /// nifti or dicom-seg (DICOM input only). Default: dicom-seg for a `.dcm` output, else nifti.
+    /// nifti or dicom-seg (needs a DICOM input). Default: dicom-seg for a `.dcm` output, else nifti.
     #[arg(long = "output-type", value_parser = ["nifti", "dicom-seg"])]
     pub output_type: Option<String>,
     /// SeriesInstanceUID of a DICOM input (default: the CT series with most slices, no scout).
@@ -169,7 +169,6 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let jobs = plan(&args.input, &args.output, &request)?;
     let (names, names_from) = class_names(&args.model, resolved.config.model.out_channels());
-    let all: Vec<String> = names.iter().skip(1).cloned().collect();
     let cleanup = Cleanup {
         subset: args
             .roi_subset
@@ -177,7 +176,7 @@ pub fn run(args: &Args) -> Result<()> {
             .map(|s| labels_of(s, &names, "--roi-subset"))
             .transpose()?,
         largest: match args.largest_component.as_deref() {
-            Some("") => Some(labels_of(&all.join(","), &names, "--largest-component")?),
+            Some("") => Some((1..names.len().min(256)).map(|c| c as u8).collect()),
             Some(s) => Some(labels_of(s, &names, "--largest-component")?),
             None => None,
         },
