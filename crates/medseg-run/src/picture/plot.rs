@@ -70,7 +70,7 @@ fn label(v: f64, dec: usize) -> String {
 fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
     if hi - lo < 0.7 {
         // Less than a decade: round values of the data itself.
-        let (vals, step) = nice_ticks(10f64.powf(lo), 10f64.powf(hi), 5);
+        let (vals, step) = nice_ticks(10f64.powf(lo), 10f64.powf(hi), 8);
         return vals
             .into_iter()
             .filter(|v| *v > 0.0)
@@ -255,6 +255,10 @@ mod tests {
         let lt = log_ticks(-2.3, 0.4);
         let names: Vec<&str> = lt.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(names, ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]);
+        // A loss falling from 2.9 to 1.8: enough numbered ticks to read values off.
+        let narrow = log_ticks(1.8f64.log10(), 2.9f64.log10());
+        let names: Vec<&str> = narrow.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(names, ["1.8", "2.0", "2.2", "2.4", "2.6", "2.8"]);
         let few = log_ticks(0.1, 0.5);
         assert!(few.len() >= 2 && few.iter().all(|(p, _)| (0.1..=0.5).contains(p)), "{few:?}");
     }
