@@ -193,3 +193,21 @@ fn not_dicom_at_all_is_a_clear_error() {
         read_dicom(fixtures().join("axial/README.txt"), None, Limits::default()).expect_err("text");
     assert!(matches!(err, Error::NoImages { .. }), "{err}");
 }
+
+#[test]
+fn convert_writes_int16_when_the_hu_fit_else_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, dtype) in [("axial", "int16"), ("rescale", "float32")] {
+        let out = dir.path().join(format!("{case}.nii.gz"));
+        let done =
+            medseg_dicom::convert(&fixtures().join(case), &out, None, Limits::default()).unwrap();
+        assert_eq!(done.dtype, dtype, "{case}");
+        let back: medseg_data::Volume<f32> = medseg_data::read_volume(&out).unwrap();
+        let direct = read_dicom(fixtures().join(case), None, Limits::default()).unwrap();
+        assert_eq!(back.data(), direct.volume.data(), "{case}: voxels after the NIfTI round trip");
+        assert!(back.affine.max_abs_diff(&direct.volume.affine) < 1e-4, "{case}: affine");
+        let info = medseg_data::read_info(&out).unwrap();
+        let want = if dtype == "int16" { medseg_data::Dtype::I16 } else { medseg_data::Dtype::F32 };
+        assert_eq!(info.dtype, want, "{case}: on-disk type");
+    }
+}
