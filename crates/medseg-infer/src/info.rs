@@ -100,7 +100,7 @@ pub fn describe(source: &ModelSource) -> Result<ModelInfo> {
 
 /// The `merge_order` a `.safetensors` file records in its metadata.
 fn weights_merge_order(weights: &std::path::Path) -> Option<medseg_models::MergeOrder> {
-    if !weights.extension().is_some_and(|e| e == "safetensors") {
+    if weights.extension().is_none_or(|e| e != "safetensors") {
         return None;
     }
     let md = read_header_metadata(weights).ok()?;

@@ -254,20 +254,39 @@ pub fn read_header_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let mut header = Vec::new();
     header.try_reserve_exact(n as usize).map_err(|e| bad(format!("header of {n} bytes: {e}")))?;
     f.take(n).read_to_end(&mut header).map_err(|e| Error::io(path, e))?;
-    #[derive(serde::Deserialize)]
-    struct Header {
-        #[serde(rename = "__metadata__", default)]
-        metadata: Option<HashMap<String, String>>,
-    }
-    let h: Header = serde_json::from_slice(&header)
+    let h: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
         .map_err(|e| bad(format!("not a safetensors file: unreadable header: {e}")))?;
-    Ok(h.metadata.unwrap_or_default())
+    // The tensors must cover the data section exactly (a truncated file fails here, before any
+    // tensor is read).
+    let mut end = 0u64;
+    for (name, t) in &h {
+        if name == "__metadata__" {
+            continue;
+        }
+        let e = t["data_offsets"][1].as_u64().ok_or_else(|| {
+            bad(format!("not a safetensors file: tensor {name:?} has no data_offsets"))
+        })?;
+        end = end.max(e);
+    }
+    if end != len - 8 - n {
+        return Err(bad(format!(
+            "truncated or padded: its tensors need {end} bytes of data, the file has {} \
+             after the header",
+            len - 8 - n
+        )));
+    }
+    let metadata = match h.get("__metadata__") {
+        None => HashMap::new(),
+        Some(m) => serde_json::from_value(m.clone())
+            .map_err(|e| bad(format!("unreadable __metadata__ (not strings): {e}")))?,
+    };
+    Ok(metadata)
 }
 
 /// Whether the `.safetensors` file `path` is a medseg package (its metadata has
 /// `medseg.format`). Errors: the file is unreadable or not safetensors.
 pub fn is_package(path: &Path) -> Result<bool> {
-    if !path.extension().is_some_and(|e| e == "safetensors") {
+    if path.extension().is_none_or(|e| e != "safetensors") {
         return Ok(false);
     }
     Ok(read_header_metadata(path)?.contains_key(KEY_FORMAT))

@@ -158,7 +158,10 @@ fn hostile_packages_give_named_errors() {
     let bytes = std::fs::read(&pkg).expect("package");
     let cut = tmp.path().join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).expect("write");
-    predict(&cut);
+    let err = predict(&cut);
+    assert!(err.contains("truncated"), "{err}");
+    let err = medseg_err(&["info", s(&cut)]);
+    assert!(err.contains("truncated") && err.contains(s(&cut)), "{err}");
     std::fs::write(&cut, &bytes[..40]).expect("write");
     let err = predict(&cut);
     assert!(err.contains("header"), "{err}");
