@@ -118,3 +118,47 @@ fn export_records_config_classes_and_provenance_and_reads_back() {
     assert!(err.to_string().contains("1 class names for a model with 3"), "{err}");
     assert!(!tmp.path().join("x.safetensors").exists());
 }
+
+#[test]
+fn a_swin_package_records_the_merge_order_of_the_weights_metadata() {
+    // A Swin UNETR config without `merge_order` whose weights record `legacy`: the package
+    // writes the order into its config and names its source, so later defaults cannot change it.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = tmp.path().join("swin-run");
+    std::fs::create_dir_all(run.join("checkpoints")).expect("run");
+    let mut swin = medseg_models::SwinUnetrConfig::tiny();
+    swin.merge_order = None;
+    swin.out_channels = 3;
+    let mut cfg = config();
+    cfg.model = ModelConfig::SwinUnetr(Box::new(swin.clone()));
+    cfg.window.roi = [32; 3];
+    std::fs::write(run.join("config.toml"), toml::to_string(&cfg).expect("toml")).expect("config");
+    let varmap = VarMap::new();
+    cfg.model.build(VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu)).expect("model");
+    let weights = safetensors_bytes(
+        &varmap_tensors(&varmap).expect("tensors"),
+        HashMap::from([("merge_order".to_string(), "legacy".to_string())]),
+    )
+    .expect("weights");
+    medseg_run::write_atomic(&run.join("checkpoints/best.safetensors"), &weights).expect("best");
+    let out = tmp.path().join("swin.safetensors");
+    export_package(&run, &out, None).expect("export");
+    let back = read_package(&out).expect("read back");
+    let m = back.merge_order.expect("a Swin package records its merge order");
+    assert_eq!(m.order, medseg_models::MergeOrder::Legacy);
+    assert_eq!(m.source, "weights' metadata");
+    assert_eq!(back.config.merge_order(), Some(medseg_models::MergeOrder::Legacy));
+    assert_eq!(back.classes, ["class_0", "class_1", "class_2"]);
+    assert_eq!(back.provenance.git_commit, None);
+    assert_eq!(back.provenance.training_steps, None);
+    let d = describe(&ModelSource::from_path(&out, None).expect("source")).expect("describe");
+    assert_eq!(d.parameters, medseg_models::count_parameters(&swin).expect("count"));
+    assert!(d.to_string().contains("merge order    Legacy (weights' metadata)"), "{d}");
+    // The package predicts with the recorded order even though the config alone says Fixed.
+    let loaded = ModelSource::from_path(&out, None)
+        .and_then(|s| s.resolve())
+        .and_then(|r| r.load(&Device::Cpu))
+        .expect("load");
+    assert_eq!(loaded.config.merge_order(), Some(medseg_models::MergeOrder::Legacy));
+    assert_eq!(swin.resolved_merge_order(), medseg_models::MergeOrder::Fixed);
+}
