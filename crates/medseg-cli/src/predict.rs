@@ -22,8 +22,9 @@ pub struct Args {
     /// of the inputs.
     #[arg(short = 'o', long)]
     pub output: PathBuf,
-    /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), or a weights
-    /// file (`.safetensors`, MONAI `.pt`/`.pth`), which needs `--preset` or `--config`.
+    /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), a model package
+    /// (`medseg export`), or a weights file (`.safetensors`, MONAI `.pt`/`.pth`), which needs
+    /// `--preset` or `--config`.
     #[arg(long)]
     pub model: PathBuf,
     /// Embedded training preset giving architecture, preprocessing and sliding window

@@ -20,3 +20,6 @@ mod train;
 
 // `medseg prepare`: TotalSegmentator folder → labels + datalist line; MSD md5 errors.
 mod prepare;
+
+// `medseg export` / `medseg info`: packages predict like their run, hostile packages, summaries.
+mod package;

@@ -8,3 +8,6 @@ mod eval;
 
 /// Connected components, largest/small-component clean-up and class statistics vs scipy/numpy.
 mod components;
+
+/// One-file model packages: export from a run folder with a generation and state, read back.
+mod package;
