@@ -186,7 +186,7 @@ def main():
     ok("oblique", 2, volume(1), geo=oblique)
 
     slopes = [0.5, 1.0, 0.5, 2.0, 1.0]
-    intercepts = [-1000.0, -1024.0, -1000.5, -1024.0, 0.0]
+    intercepts = [-1000.0, -1024.0, -1000.5, -1024.0, 0.25]  # the last gives fractional HU
     ok("rescale", 3, volume(2), slopes=slopes, intercepts=intercepts)
     ok("jpeg2000", 4, volume(3), ts=JPEG2000Lossless)
     ok("rle", 5, volume(4), ts=RLELossless)

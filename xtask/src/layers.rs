@@ -38,7 +38,8 @@ const LAYERS: &[(&str, u32)] = &[
 const ENV_READERS: &[(&str, &str)] = &[
     (
         "crates/medseg-train/src/cli.rs",
-        "the command line shared by the `train` binary and `medseg train` reads the rank variables",
+        "the command line shared by the `train` binary and `medseg train` reads the rank variables \
+         and the fault-test hook MEDSEG_TEST_CHECKPOINT_FAULT",
     ),
     (
         "crates/medseg-data/src/limits.rs",

@@ -1,7 +1,8 @@
 //! `medseg`: the command-line entry point, one module per subcommand: `predict` (NIfTI in, label
 //! map on the input grid out), `eval` (folders of predictions vs ground truth), `train` (the same
 //! as `cargo xtask train`, from `medseg_train::cli`), `check-data` (the training data pre-flight
-//! check alone) and `forward` (debugging ports against PyTorch).
+//! check alone), `export` (a run as one model package), `info` (what a model holds) and
+//! `forward` (debugging ports against PyTorch).
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -9,7 +10,9 @@ use clap::{Parser, Subcommand};
 mod check_data;
 mod convert;
 mod eval;
+mod export;
 mod forward;
+mod info;
 mod predict;
 mod prepare;
 
@@ -34,6 +37,10 @@ enum Command {
     CheckData(check_data::Args),
     /// Convert a DICOM series (folder, zip or multi-frame file) to NIfTI; `--list` shows the series.
     Convert(convert::Args),
+    /// Export a training run as one model package file (weights + config + provenance).
+    Export(export::Args),
+    /// Show what a model holds: architecture, parameters, classes, preprocessing, window.
+    Info(info::Args),
     /// Prepare a public data set (MSD task, TotalSegmentator v2) and print its datalist line.
     Prepare(prepare::Args),
     /// Run one forward pass of a SwinUNETR / Swin SMT model on a tensor (debugging ports).
@@ -49,6 +56,8 @@ fn main() -> ExitCode {
         Command::Train(args) => medseg_train::cli::run(args),
         Command::CheckData(args) => check_data::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Convert(args) => convert::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Export(args) => export::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Info(args) => info::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Prepare(args) => prepare::run(&args).map(|()| ExitCode::SUCCESS),
         Command::Forward(args) => forward::run(&args).map(|()| ExitCode::SUCCESS),
     };

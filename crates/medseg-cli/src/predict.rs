@@ -50,8 +50,9 @@ pub struct Args {
     /// Remove connected components smaller than this volume in ml (every class).
     #[arg(long = "remove-small", value_parser = parse_ml)]
     pub remove_small: Option<f64>,
-    /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), or a weights
-    /// file (`.safetensors`, MONAI `.pt`/`.pth`), which needs `--preset` or `--config`.
+    /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), a model package
+    /// (`medseg export`), or a weights file (`.safetensors`, MONAI `.pt`/`.pth`), which needs
+    /// `--preset` or `--config`.
     #[arg(long)]
     pub model: PathBuf,
     /// Embedded training preset giving architecture, preprocessing and sliding window

@@ -64,8 +64,7 @@ const TABLE: &[(&[&str], Code)] = &[
 /// Accepts TotalSegmentator (`kidney_left`) and BTCV (`rkid`, `right kidney`, `lad`) spellings.
 pub fn code_for(name: &str) -> (Code, Code, Option<Code>) {
     let lower = name.trim().to_ascii_lowercase();
-    let words: Vec<&str> =
-        lower.split(|c: char| c == '_' || c == '-' || c == ' ').filter(|w| !w.is_empty()).collect();
+    let words: Vec<&str> = lower.split(['_', '-', ' ']).filter(|w| !w.is_empty()).collect();
     let mut side = None;
     let mut rest: Vec<&str> = Vec::new();
     for w in &words {
@@ -79,12 +78,12 @@ pub fn code_for(name: &str) -> (Code, Code, Option<Code>) {
     // BTCV abbreviations: rkid, lkid, rad, lad.
     if side.is_none() && rest.len() == 1 {
         for (prefix, s) in [("r", RIGHT), ("l", LEFT)] {
-            if let Some(stem) = key.strip_prefix(prefix) {
-                if matches!(stem, "kid" | "ad") {
-                    side = Some(s);
-                    key = stem.to_string();
-                    break;
-                }
+            if let Some(stem) = key.strip_prefix(prefix)
+                && matches!(stem, "kid" | "ad")
+            {
+                side = Some(s);
+                key = stem.to_string();
+                break;
             }
         }
     }

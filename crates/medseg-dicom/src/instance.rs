@@ -112,9 +112,55 @@ fn open(bytes: &[u8], file: &str, header_only: bool) -> Result<DefaultDicomObjec
         opts = opts.read_until(tags::PIXEL_DATA);
     }
     let start = if bytes.get(128..132) == Some(b"DICM") { 128 } else { 0 };
+    check_declared_lengths(bytes, start, file)?;
     opts.read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(&bytes[start..])
         .map_err(|e| Error::Parse { file: file.to_string(), message: e.to_string() })
+}
+
+/// Walks the data set lazily (headers read, values skipped) and refuses any element or item whose
+/// declared length is larger than the whole file: dicom-rs allocates a value's declared length
+/// before reading it, so a 4 GiB length in a 4 KiB file would otherwise cost 4 GiB.
+/// A walk that fails for another reason is left to the real parser to report.
+fn check_declared_lengths(bytes: &[u8], start: usize, file: &str) -> Result<()> {
+    use dicom_encoding::TransferSyntaxIndex;
+    use dicom_parser::dataset::LazyDataToken;
+    use dicom_parser::dataset::lazy_read::LazyDataSetReader;
+    let total = bytes.len() as u64;
+    let too_long = |len: u64| Error::Limit {
+        file: file.to_string(),
+        message: format!("an element declares {len} bytes but the file has {total}"),
+    };
+    let mut cursor = std::io::Cursor::new(&bytes[start..]);
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut cursor) else { return Ok(()) };
+    let Some(ts) =
+        dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(meta.transfer_syntax())
+    else {
+        return Ok(());
+    };
+    if ts.uid() == "1.2.840.10008.1.2.1.99" {
+        // Deflated data set: the lazy reader does not inflate it.
+        return Ok(());
+    }
+    let Ok(mut reader) = LazyDataSetReader::new_with_ts(cursor, ts) else { return Ok(()) };
+    while let Some(Ok(token)) = reader.advance() {
+        let len = match &token {
+            LazyDataToken::ElementHeader(h) => h.length().get().map(u64::from),
+            LazyDataToken::LazyValue { header, .. } => header.length().get().map(u64::from),
+            LazyDataToken::LazyItemValue { len, .. } => Some(u64::from(*len)),
+            LazyDataToken::SequenceStart { len, .. } | LazyDataToken::ItemStart { len } => {
+                len.get().map(u64::from)
+            }
+            _ => None,
+        };
+        if let Some(len) = len.filter(|&l| l > total) {
+            return Err(too_long(len));
+        }
+        if token.skip().is_err() {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// Parses the header of one file. Non-DICOM bytes and non-image objects are [`Parsed::Skipped`];

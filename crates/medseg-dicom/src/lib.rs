@@ -2,7 +2,7 @@
 //! file) into a [`medseg_data::Volume`] in HU with the dcm2niix affine, list the series of an
 //! input, and write a binary DICOM Segmentation of a label map on the source grid.
 //!
-//! Reading is two passes: [`Scan::open`] reads every header (pixel data skipped) and groups the
+//! Reading is two passes: [`Scan::open`] parses every header (up to PixelData) and groups the
 //! images by SeriesInstanceUID; [`Scan::load`] checks the chosen series' geometry and decodes it.
 pub mod codes;
 pub mod convert;

@@ -229,7 +229,7 @@ pub fn write_seg<T: Voxel>(
     put_str(&mut o, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     put_str(&mut o, tags::CONTENT_LABEL, VR::CS, "SEGMENTATION");
     put_str(&mut o, tags::CONTENT_DESCRIPTION, VR::LO, &opts.series_description);
-    put_str(&mut o, tags::CONTENT_CREATOR_NAME, VR::PN, &opts.algorithm_name);
+    put_str(&mut o, tags::CONTENT_CREATOR_NAME, VR::PN, &format!("{}^", opts.algorithm_name));
     put_str(&mut o, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
     let segment_items = present
         .iter()
@@ -255,6 +255,13 @@ pub fn write_seg<T: Voxel>(
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| write_err(e.to_string()))?;
+    // The temporary file is created 0600; the SEG is an ordinary output file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| write_err(e.to_string()))?;
+    }
     {
         let mut w = std::io::BufWriter::new(tmp.as_file());
         file.write_all(&mut w).map_err(|e| write_err(e.to_string()))?;
@@ -409,6 +416,7 @@ fn frame_item(info: &SeriesInfo, k: usize, segment: u16) -> InMemDicomObject {
     if let Some(f) = slice.frame_number {
         put_str(&mut source, tags::REFERENCED_FRAME_NUMBER, VR::IS, &f.to_string());
     }
+    put_str(&mut source, tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES");
     put_seq(
         &mut source,
         tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,

@@ -193,3 +193,39 @@ fn not_dicom_at_all_is_a_clear_error() {
         read_dicom(fixtures().join("axial/README.txt"), None, Limits::default()).expect_err("text");
     assert!(matches!(err, Error::NoImages { .. }), "{err}");
 }
+
+#[test]
+fn convert_writes_int16_when_the_hu_fit_else_float32() {
+    let dir = tempfile::tempdir().unwrap();
+    for (case, dtype) in [("axial", "int16"), ("rescale", "float32")] {
+        let out = dir.path().join(format!("{case}.nii.gz"));
+        let done =
+            medseg_dicom::convert(&fixtures().join(case), &out, None, Limits::default()).unwrap();
+        assert_eq!(done.dtype, dtype, "{case}");
+        let back: medseg_data::Volume<f32> = medseg_data::read_volume(&out).unwrap();
+        let direct = read_dicom(fixtures().join(case), None, Limits::default()).unwrap();
+        assert_eq!(back.data(), direct.volume.data(), "{case}: voxels after the NIfTI round trip");
+        assert!(back.affine.max_abs_diff(&direct.volume.affine) < 1e-4, "{case}: affine");
+        let info = medseg_data::read_info(&out).unwrap();
+        let want = if dtype == "int16" { medseg_data::Dtype::I16 } else { medseg_data::Dtype::F32 };
+        assert_eq!(info.dtype, want, "{case}: on-disk type");
+    }
+}
+
+#[test]
+fn element_length_larger_than_the_file_is_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(first_image("axial")).unwrap();
+    // PixelData (7FE0,0010) OW, explicit VR little endian: tag, VR, 2 reserved bytes, 4-byte length.
+    let pat = [0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0];
+    let at = bytes.windows(8).rposition(|w| w == pat).expect("PixelData header") + 8;
+    bytes[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+    let p = dir.path().join("liar.dcm");
+    std::fs::write(&p, &bytes).unwrap();
+    match read_dicom(&p, None, Limits::default()) {
+        Err(Error::Limit { file, message }) => {
+            assert!(file.contains("liar.dcm") && message.contains("4294967280"), "{message}")
+        }
+        other => panic!("expected a limit error, got {other:?}"),
+    }
+}

@@ -8,11 +8,25 @@ use medseg_data::Volume;
 use crate::components::{Connectivity, keep_largest, remove_small};
 use crate::{Error, Result};
 
-/// Names of labels `0..n`: a run folder's datalist `labels` (the `dataset.json` its
-/// `config.toml` names in `[data] datalist`, as training names them), else `class_<n>`.
-/// Returns the names and where they came from.
+/// Names of labels `0..n`, from the first source that has `n` of them: a model package's
+/// recorded classes; a run folder's `metrics.csv` columns (as `medseg export` records them); the
+/// `labels` of the datalist (`dataset.json`) its `config.toml` names in `[data] datalist`; else
+/// `class_<n>`. Returns the names and where they came from.
 pub fn class_names(model: &Path, n: usize) -> (Vec<String>, String) {
     let generic = || (0..n).map(|c| format!("class_{c}")).collect::<Vec<_>>();
+    if model.is_file()
+        && crate::package::is_package(model).unwrap_or(false)
+        && let Ok(p) = crate::package::read_package(model)
+        && p.classes.len() == n
+    {
+        return (p.classes, format!("the package {}", model.display()));
+    }
+    if model.is_dir() {
+        let recorded = crate::package::run_class_names(model, n);
+        if recorded != generic() {
+            return (recorded, format!("{}", model.join("metrics.csv").display()));
+        }
+    }
     match datalist_labels(model) {
         Some((labels, from)) => {
             let names = (0..n)

@@ -74,6 +74,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A model package's metadata key is missing, malformed or of an unknown version.
+    #[error("model package {}: metadata key {key}: {reason}", path.display())]
+    Package {
+        /// The package file.
+        path: PathBuf,
+        /// The metadata key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An input or output path of `predict` is unusable (missing, wrong kind, would overwrite an
     /// input).
     #[error("{0}")]

@@ -1,6 +1,8 @@
 //! medseg-infer: everything a deployer needs to run a trained network, without the trainer.
 //!
 //! - [`source`]: where a model comes from (a run folder, a weights file + config) and loading it.
+//! - [`info`]: what a model source holds (`medseg info`), without reading its tensors.
+//! - [`package`]: one-file model packages (`medseg export`): weights + metadata.
 //! - [`config`]: the model, preprocessing and sliding-window settings of a run.
 //! - [`model`]: the [`SegModel`] boundary and the model configs ([`ModelConfig`]).
 //! - [`preprocess`]: the run's deterministic validation transforms onto the network grid.
@@ -20,8 +22,10 @@ pub mod components;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod info;
 pub mod jobs;
 pub mod model;
+pub mod package;
 pub mod postprocess;
 pub mod predict;
 pub mod preprocess;
@@ -36,8 +40,10 @@ pub use classes::{Cleanup, CleanupReport, class_names, labels_of};
 pub use config::InferenceConfig;
 pub use error::{Error, Result};
 pub use eval::{AFFINE_TOLERANCE, EvalOptions, LabelMap, eval_folders, read_label_map};
+pub use info::{ModelInfo, describe};
 pub use jobs::{InputKind, Job, OutputType, Request, plan, plan_jobs};
 pub use model::{ModelConfig, SegModel, TinyUnet, TinyUnetConfig};
+pub use package::{PackageInfo, export_package, read_package};
 pub use predict::{Observer, PredictOptions, Predictor, Quiet};
 pub use preprocess::{Pipeline, Preprocessing};
 pub use sliding_window::{

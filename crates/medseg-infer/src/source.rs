@@ -1,9 +1,10 @@
 //! Model sources: where the network, its weights and its configuration come from.
 //!
-//! Today a source is a run folder (its `config.toml` and checkpoint) or a weights file
-//! (`.safetensors`, MONAI/PyTorch `.pt`/`.pth`) with the configuration that describes it. Other
-//! sources (a MONAI bundle folder, a one-file model package) become further [`ModelSource`]
-//! variants resolving to the same [`ResolvedModel`]; everything after resolution is shared.
+//! A source is a run folder (its `config.toml` and checkpoint), a one-file model package
+//! (`medseg export`: weights + configuration in the safetensors metadata, [`crate::package`]) or
+//! a weights file (`.safetensors`, MONAI/PyTorch `.pt`/`.pth`) with the configuration that
+//! describes it. Other sources (a MONAI bundle folder) become further [`ModelSource`] variants
+//! resolving to the same [`ResolvedModel`]; everything after resolution is shared.
 use std::path::{Path, PathBuf};
 
 use candle::{DType, Device};
@@ -43,6 +44,14 @@ pub enum ModelSource {
         /// A configuration that overrides the run's own.
         config: Option<ConfigSource>,
     },
+    /// A one-file model package (`medseg export`): its metadata holds the configuration.
+    /// `config`, when given, replaces the package's own.
+    Package {
+        /// The `.safetensors` package.
+        path: PathBuf,
+        /// A configuration that overrides the package's own.
+        config: Option<ConfigSource>,
+    },
     /// A weights file and the configuration describing its architecture and preprocessing.
     Weights {
         /// `.safetensors`, `.pt`, `.pth`, …
@@ -67,7 +76,8 @@ pub struct ResolvedModel {
 }
 
 impl ModelSource {
-    /// A folder is a run folder, a file a weights file (which then needs `config`).
+    /// A folder is a run folder; a `.safetensors` file whose metadata has `medseg.format` is a
+    /// package; any other file is a weights file (which then needs `config`).
     pub fn from_path(model: &Path, config: Option<ConfigSource>) -> Result<Self> {
         if model.is_dir() {
             return Ok(ModelSource::RunFolder { dir: model.to_path_buf(), config });
@@ -78,12 +88,15 @@ impl ModelSource {
                 reason: "does not exist (a run folder or a weights file)".into(),
             });
         }
+        if crate::package::is_package(model)? {
+            return Ok(ModelSource::Package { path: model.to_path_buf(), config });
+        }
         match config {
             Some(config) => Ok(ModelSource::Weights { path: model.to_path_buf(), config }),
             None => Err(Error::Model {
                 path: model.to_path_buf(),
-                reason: "a weights file needs --preset or --config for the architecture and \
-                         preprocessing (or pass a run folder)"
+                reason: "a plain weights file needs --preset or --config for the architecture \
+                         and preprocessing (or pass a run folder or a `medseg export` package)"
                     .into(),
             }),
         }
@@ -110,6 +123,16 @@ impl ModelSource {
                     }
                 };
                 Ok(ResolvedModel { config, weights, origin, from_run })
+            }
+            ModelSource::Package { path, config } => {
+                let (config, origin, from_run) = match config {
+                    Some(c) => (c.config.clone(), c.origin.clone(), false),
+                    None => {
+                        let info = crate::package::read_package(path)?;
+                        (info.config, format!("package {}", path.display()), true)
+                    }
+                };
+                Ok(ResolvedModel { config, weights: path.clone(), origin, from_run })
             }
             ModelSource::Weights { path, config } => Ok(ResolvedModel {
                 config: config.config.clone(),

@@ -23,3 +23,6 @@ mod prepare;
 
 /// `medseg predict`'s statistics, preview, subset, clean-up and DICOM in / SEG out.
 mod clinical;
+
+// `medseg export` / `medseg info`: packages predict like their run, hostile packages, summaries.
+mod package;

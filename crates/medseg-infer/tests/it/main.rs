@@ -11,3 +11,6 @@ mod components;
 
 /// The prediction preview: world-direction panels and the real CT.
 mod preview;
+
+/// One-file model packages: export from a run folder with a generation and state, read back.
+mod package;

@@ -70,7 +70,7 @@ fn label(v: f64, dec: usize) -> String {
 fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
     if hi - lo < 0.7 {
         // Less than a decade: round values of the data itself.
-        let (vals, step) = nice_ticks(10f64.powf(lo), 10f64.powf(hi), 5);
+        let (vals, step) = nice_ticks(10f64.powf(lo), 10f64.powf(hi), 8);
         return vals
             .into_iter()
             .filter(|v| *v > 0.0)
@@ -96,13 +96,61 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<(f64, String)> {
     out
 }
 
-/// Draws the plot of `spec` (800×500) and writes it as a PNG.
+/// Draws the plot of `spec` (800×500, taller when the legend goes below) and writes it as a PNG.
 pub fn line_plot(path: &Path, spec: &PlotSpec<'_>) -> Result<()> {
     draw(spec).save(path)
 }
 
+/// The plot with its legend in the emptiest corner, or, when every corner would cover a line,
+/// under the plot.
 fn draw(spec: &PlotSpec<'_>) -> Canvas {
-    let mut c = Canvas::new(W as usize, H as usize, [255, 255, 255]);
+    draw_with(spec, false).unwrap_or_else(|| {
+        draw_with(spec, true).unwrap_or_else(|| Canvas::new(W as usize, H as usize, [255; 3]))
+    })
+}
+
+/// One legend entry: the series index (`None` for "+N more") and its text.
+type Entry = (Option<usize>, String);
+
+fn legend_entries(spec: &PlotSpec<'_>) -> Vec<Entry> {
+    let n = spec.series.len();
+    let shown = n.min(LEGEND_MAX);
+    let mut lines: Vec<Entry> =
+        (0..shown).map(|i| (Some(i), spec.series[i].label.clone())).collect();
+    if n > shown {
+        lines.push((None, format!("+{} more", n - shown)));
+    }
+    lines
+}
+
+/// Width of a legend entry laid out in a row under the plot.
+fn entry_w(s: &str) -> i64 {
+    24 + 6 + Canvas::text_width(s, 1) as i64 + 18
+}
+
+/// Rows of entries under the plot, flowed over the canvas width.
+fn strip_rows(entries: &[Entry]) -> Vec<Vec<&Entry>> {
+    let mut rows: Vec<Vec<&Entry>> = Vec::new();
+    let mut x = W;
+    for e in entries {
+        if x + entry_w(&e.1) > W - 24 {
+            rows.push(Vec::new());
+            x = 24;
+        }
+        if let Some(r) = rows.last_mut() {
+            r.push(e);
+        }
+        x += entry_w(&e.1);
+    }
+    rows
+}
+
+/// Draws the plot; `None` when `below` is false and the legend would cover a line.
+fn draw_with(spec: &PlotSpec<'_>, below: bool) -> Option<Canvas> {
+    let entries = legend_entries(spec);
+    let rows = if below { strip_rows(&entries) } else { Vec::new() };
+    let strip_h = if rows.is_empty() { 0 } else { 8 + 16 * rows.len() as i64 };
+    let mut c = Canvas::new(W as usize, (H + strip_h) as usize, [255, 255, 255]);
     let ty = |y: f64| if spec.log_y { y.log10() } else { y };
     let series: Vec<Vec<(f64, f64)>> = spec
         .series
@@ -181,27 +229,34 @@ fn draw(spec: &PlotSpec<'_>) -> Canvas {
     c.text(left + (right - left - xw) / 2, H - 26, spec.x_label, INK, 2);
     let yh = Canvas::text_width(spec.y_label, 2) as i64;
     c.text_up(12, top + (bottom - top - yh) / 2, spec.y_label, INK, 2);
-    legend(&mut c, spec, &series, (left, top, right, bottom), (px, py));
-    c
+    if below {
+        for (k, row) in rows.iter().enumerate() {
+            let y = H + 4 + 16 * k as i64;
+            let mut x = 24;
+            for (i, s) in row.iter().map(|e| (e.0, &e.1)) {
+                if let Some(i) = i {
+                    c.rect(x, y + 3, 24, 3, PALETTE[i % PALETTE.len()]);
+                }
+                c.text(x + 30, y, s, INK, 1);
+                x += entry_w(s);
+            }
+        }
+        return Some(c);
+    }
+    legend(&mut c, &entries, &series, (left, top, right, bottom), (px, py)).then_some(c)
 }
 
-/// The legend box, in the corner of the plot area that covers the fewest data points.
+/// The legend box, in a corner of the plot area that covers no line; false (nothing drawn)
+/// when every corner would.
 fn legend(
     c: &mut Canvas,
-    spec: &PlotSpec<'_>,
+    lines: &[Entry],
     series: &[Vec<(f64, f64)>],
     (left, top, right, bottom): (i64, i64, i64, i64),
     (px, py): (impl Fn(f64) -> i64, impl Fn(f64) -> i64),
-) {
-    let n = spec.series.len();
-    if n == 0 {
-        return;
-    }
-    let shown = n.min(LEGEND_MAX);
-    let mut lines: Vec<(Option<usize>, String)> =
-        (0..shown).map(|i| (Some(i), spec.series[i].label.clone())).collect();
-    if n > shown {
-        lines.push((None, format!("+{} more", n - shown)));
+) -> bool {
+    if lines.is_empty() {
+        return true;
     }
     let row = (GLYPH + 6) as i64;
     let text_w = lines.iter().map(|(_, s)| Canvas::text_width(s, 1)).max().unwrap_or(0) as i64;
@@ -212,17 +267,27 @@ fn legend(
         (right - bw - 8, bottom - bh - 8),
         (left + 8, bottom - bh - 8),
     ];
+    // Pixels of every drawn line, sampled along each segment.
+    let mut drawn: Vec<(i64, i64)> = Vec::new();
+    for s in series {
+        let p: Vec<(i64, i64)> = s.iter().map(|&(x, y)| (px(x), py(y))).collect();
+        drawn.extend(p.first());
+        for w in p.windows(2) {
+            let n = ((w[1].0 - w[0].0).abs().max((w[1].1 - w[0].1).abs()) / 4).max(1);
+            for k in 1..=n {
+                let t = k as f64 / n as f64;
+                let lerp = |a: i64, b: i64| a + ((b - a) as f64 * t).round() as i64;
+                drawn.push((lerp(w[0].0, w[1].0), lerp(w[0].1, w[1].1)));
+            }
+        }
+    }
     let inside = |&(x, y): &(i64, i64)| {
-        series
-            .iter()
-            .flatten()
-            .filter(|p| {
-                let (qx, qy) = (px(p.0), py(p.1));
-                qx >= x && qx < x + bw && qy >= y && qy < y + bh
-            })
-            .count()
+        drawn.iter().filter(|&&(qx, qy)| qx >= x && qx < x + bw && qy >= y && qy < y + bh).count()
     };
     let (bx, by) = corners.iter().copied().min_by_key(|p| inside(p)).unwrap_or(corners[0]);
+    if inside(&(bx, by)) > 0 {
+        return false;
+    }
     c.rect(bx, by, bw, bh, [255, 255, 255]);
     for (a, b) in [((bx, by), (bx + bw, by)), ((bx, by + bh), (bx + bw, by + bh))] {
         c.line(a, b, [150; 3], 1);
@@ -237,6 +302,7 @@ fn legend(
         }
         c.text(bx + 8 + 24 + 6, y, s, INK, 1);
     }
+    true
 }
 
 #[cfg(test)]
@@ -255,8 +321,32 @@ mod tests {
         let lt = log_ticks(-2.3, 0.4);
         let names: Vec<&str> = lt.iter().map(|(_, s)| s.as_str()).collect();
         assert_eq!(names, ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]);
+        // A loss falling from 2.9 to 1.8: enough numbered ticks to read values off.
+        let narrow = log_ticks(1.8f64.log10(), 2.9f64.log10());
+        let names: Vec<&str> = narrow.iter().map(|(_, s)| s.as_str()).collect();
+        assert_eq!(names, ["1.8", "2.0", "2.2", "2.4", "2.6", "2.8"]);
         let few = log_ticks(0.1, 0.5);
         assert!(few.len() >= 2 && few.iter().all(|(p, _)| (0.1..=0.5).contains(p)), "{few:?}");
+    }
+
+    #[test]
+    fn the_legend_never_covers_a_line() {
+        let spec = |series| PlotSpec {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            log_y: false,
+            y_range: None,
+            series,
+        };
+        let falling = [Series { label: "a".into(), points: vec![(0.0, 1.0), (1.0, 0.0)] }];
+        assert_eq!(draw(&spec(&falling)).height(), H as usize, "a free corner: legend inside");
+        // Two diagonals through all four corners: the legend goes under the plot.
+        let cross = [
+            Series { label: "up".into(), points: vec![(0.0, 0.0), (1.0, 1.0)] },
+            Series { label: "down".into(), points: vec![(0.0, 1.0), (1.0, 0.0)] },
+        ];
+        assert!(draw(&spec(&cross)).height() > H as usize);
     }
 
     #[test]

@@ -34,6 +34,16 @@ impl View {
         }
     }
 
+    /// The panel's name for a grid without anatomical meaning: the axis it cuts across.
+    fn plain_name(self) -> String {
+        let axis = match self {
+            View::Axial => 2,
+            View::Coronal => 1,
+            View::Sagittal => 0,
+        };
+        format!("across axis {axis}")
+    }
+
     /// The anatomical directions of the image's +x (rightwards) and +y (downwards).
     fn screen(self) -> (char, char) {
         match self {
@@ -290,8 +300,13 @@ fn draw_panels(
 ) -> Canvas {
     let size = |k: usize| ((k as f64 * scale).round() as usize).max(1);
     let (m, gap) = (12usize, 12usize);
-    let total_w = m + panels.iter().map(|(_, p)| size(p.0) + gap).sum::<usize>() + m - gap;
-    let total_w = total_w.max(m + Canvas::text_width(&fig.title, 2) + m);
+    let panels_w = m + panels.iter().map(|(_, p)| size(p.0) + gap).sum::<usize>() + m - gap;
+    let texts_w = std::iter::once(Canvas::text_width(&fig.title, 2))
+        .chain(fig.rows.iter().map(|r| Canvas::text_width(&r.title, 2)))
+        .max()
+        .unwrap_or(0)
+        + 2 * m;
+    let total_w = panels_w.max(texts_w);
     let panel_h = panels.iter().map(|(_, p)| size(p.1)).max().unwrap_or(1);
     let title_h = 16 + 10;
     let head_h = 8 + 6;
@@ -337,7 +352,8 @@ fn draw_panels(
     let mut y = m + title_h;
     let mut ox = m;
     for (view, p) in panels {
-        c.text(ox as i64, y as i64, view.name(), INK, 1);
+        let head = if with_letters { view.name().to_string() } else { view.plain_name() };
+        c.text(ox as i64, y as i64, &head, INK, 1);
         ox += size(p.0) + gap;
     }
     y += head_h;

@@ -164,6 +164,12 @@ fn two_runs_started_together_into_one_out_get_two_folders() {
         .filter(|p| p.join("config.toml").exists())
         .collect();
     assert_eq!(runs.len(), 2, "two processes, two run folders: {runs:?}");
+    // Every `<name>-<stamp>` folder existed before: both runs must have taken a suffix rather
+    // than writing into an existing folder.
+    for r in &runs {
+        let n = r.file_name().expect("name").to_string_lossy().into_owned();
+        assert!(n.ends_with("-2") || n.ends_with("-3"), "{n}: wrote into an existing folder");
+    }
     for r in &runs {
         let text = std::fs::read_to_string(r.join("config.toml")).expect("config");
         assert!(

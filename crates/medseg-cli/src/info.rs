@@ -1,0 +1,53 @@
+//! `medseg info`: what a model source holds (run folder, `medseg export` package, weights with
+//! `--preset`/`--config`): architecture, parameter count, classes, preprocessing, sliding
+//! window, merge order, provenance; text or `--json`. `medseg_infer::describe` does the work.
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use medseg_infer::ModelSource;
+use medseg_infer::source::ConfigSource;
+use medseg_train::TrainConfig;
+
+/// Arguments of `medseg info`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A run folder, a model package, or a weights file (`.safetensors`, MONAI `.pt`/`.pth`)
+    /// with `--preset` or `--config`.
+    pub model: PathBuf,
+    /// Embedded training preset describing a weights file.
+    #[arg(long, conflicts_with = "config")]
+    pub preset: Option<String>,
+    /// Training config TOML describing a weights file (overrides a run's or package's own).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the subcommand.
+pub fn run(args: &Args) -> Result<()> {
+    let explicit = match (&args.preset, &args.config) {
+        (Some(p), _) => Some(ConfigSource {
+            config: TrainConfig::preset(p)
+                .with_context(|| format!("loading preset {p}"))?
+                .inference_config(),
+            origin: format!("preset {p}"),
+        }),
+        (None, Some(c)) => {
+            let text = std::fs::read_to_string(c)
+                .with_context(|| format!("reading config {}", c.display()))?;
+            let cfg = TrainConfig::from_toml(&text, c)?;
+            Some(ConfigSource { config: cfg.inference_config(), origin: c.display().to_string() })
+        }
+        (None, None) => None,
+    };
+    let source = ModelSource::from_path(&args.model, explicit)?;
+    let info = medseg_infer::describe(&source)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info).context("serialising the summary")?);
+    } else {
+        print!("{info}");
+    }
+    Ok(())
+}
