@@ -80,6 +80,9 @@ pub struct Args {
     /// Windows per forward pass, ≥ 1 (default: the config's `inference.sw_batch_size`).
     #[arg(long, value_parser = parse_batch)]
     pub sw_batch_size: Option<usize>,
+    /// CPU threads for the network and the post-processing, ≥ 1 (default: every core).
+    #[arg(long = "nr-threads", value_parser = parse_batch)]
+    pub nr_threads: Option<usize>,
     /// Swin UNETR patch-merging order: legacy (MONAI < 1.5: every published BTCV/SSL/Swin SMT
     /// checkpoint), fixed (MONAI ≥ 1.5 "merging"), v2 ("mergingv2"). Default: the config's
     /// `merge_order`, else the weights' metadata, else the model's default.
@@ -135,6 +138,11 @@ impl Observer for Display {
 
 /// Runs the subcommand.
 pub fn run(args: &Args) -> Result<()> {
+    if let Some(n) = args.nr_threads {
+        // candle's GEMM and the rayon pool read RAYON_NUM_THREADS when first used.
+        // SAFETY: nothing has started a thread yet: this runs first in a single-threaded process.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
     let explicit = match (&args.preset, &args.config) {
         (Some(p), _) => Some(ConfigSource {
             config: TrainConfig::preset(p)

@@ -435,13 +435,32 @@ fn a_bad_sliding_window_flag_is_blamed_on_the_flag() {
     let ct = tmp.path().join("ct.nii.gz");
     write_volume(&ct, &ct_volume([24; 3], ras_grid([24; 3], [2.0; 3]))).expect("write");
     let out = tmp.path().join("seg.nii.gz");
-    for (flag, value) in [("--overlap", "1.0"), ("--overlap", "-0.1"), ("--sw-batch-size", "0")] {
+    for (flag, value) in [
+        ("--overlap", "1.0"),
+        ("--overlap", "-0.1"),
+        ("--sw-batch-size", "0"),
+        ("--nr-threads", "0"),
+    ] {
         let arg = format!("{flag}={value}");
         let e = medseg_err(&["predict", "-i", s(&ct), "-o", s(&out), "--model", s(&run), &arg]);
         assert!(e.contains(flag) && e.contains(value), "{flag} {value}: {e}");
         assert!(!e.contains("config.toml"), "{flag} {value} blamed on the config: {e}");
     }
     assert!(!out.exists());
+}
+
+#[test]
+fn one_thread_predicts_a_label_map_on_the_input_grid() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), CLASSES, 9);
+    let grid = ras_grid([24; 3], [2.0; 3]);
+    let ct = tmp.path().join("ct.nii.gz");
+    write_volume(&ct, &ct_volume([24; 3], grid)).expect("write");
+    let out = tmp.path().join("seg.nii.gz");
+    medseg_ok(&["predict", "-i", s(&ct), "-o", s(&out), "--model", s(&run), "--nr-threads", "1"]);
+    let seg: Volume<u8> = read_volume(&out).expect("prediction");
+    assert_eq!(seg.shape(), [24; 3]);
+    assert!(seg.data().iter().all(|&l| (l as usize) < CLASSES), "labels within the classes");
 }
 
 #[test]
