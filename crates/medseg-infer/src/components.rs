@@ -52,8 +52,25 @@ impl Connectivity {
 /// # Panics
 /// When `inside.len()` is not `dims[0]·dims[1]·dims[2]` (a caller bug, not user data).
 pub fn label(inside: &[bool], dims: [usize; 3], conn: Connectivity) -> (Vec<u32>, Vec<u64>) {
+    label_values(inside, false, dims, conn)
+}
+
+/// Components of every value of `values` except `background` at once: neighbours belong to one
+/// component when their values are equal. Returns the per-voxel component number (0 on the
+/// background, 1… in order of each component's first voxel in raster order) and each component's
+/// voxel count. Restricted to one value, the components and their order are those of
+/// [`label`] on that value's mask (scipy's order), so one pass serves every class of a label map.
+///
+/// # Panics
+/// When `values.len()` is not `dims[0]·dims[1]·dims[2]` (a caller bug, not user data).
+pub fn label_values<T: Copy + PartialEq>(
+    values: &[T],
+    background: T,
+    dims: [usize; 3],
+    conn: Connectivity,
+) -> (Vec<u32>, Vec<u64>) {
     let n = dims[0] * dims[1] * dims[2];
-    assert_eq!(inside.len(), n, "mask of {} voxels for dims {dims:?}", inside.len());
+    assert_eq!(values.len(), n, "{} values for dims {dims:?}", values.len());
     let offsets = conn.backward();
     // Provisional labels with union-find over them (parent[k] ≤ k).
     let mut provisional = vec![0u32; n];
@@ -71,7 +88,8 @@ pub fn label(inside: &[bool], dims: [usize; 3], conn: Connectivity) -> (Vec<u32>
         for j in 0..d1 {
             for k in 0..d2 {
                 let v = (i * d1 + j) * d2 + k;
-                if !inside[v] {
+                let value = values[v];
+                if value == background {
                     continue;
                 }
                 let mut mine = 0u32;
@@ -82,7 +100,7 @@ pub fn label(inside: &[bool], dims: [usize; 3], conn: Connectivity) -> (Vec<u32>
                     }
                     let u = (ni as usize * d1 + nj as usize) * d2 + nk as usize;
                     let theirs = provisional[u];
-                    if theirs == 0 {
+                    if theirs == 0 || values[u] != value {
                         continue;
                     }
                     if mine == 0 {
@@ -102,8 +120,7 @@ pub fn label(inside: &[bool], dims: [usize; 3], conn: Connectivity) -> (Vec<u32>
             }
         }
     }
-    // Final numbers in order of first appearance (roots are the smallest provisional label of
-    // their set, and provisional labels grow in raster order).
+    // Final numbers in order of first appearance (provisional labels grow in raster order).
     let mut number = vec![0u32; parent.len()];
     let mut counts = Vec::new();
     for p in provisional.iter_mut() {
@@ -122,31 +139,47 @@ pub fn label(inside: &[bool], dims: [usize; 3], conn: Connectivity) -> (Vec<u32>
 }
 
 /// Keeps only the largest component of each class in `classes` (others set to 0, background);
-/// ties go to the component whose first voxel comes first in raster order. Returns the number of
-/// voxels removed.
+/// ties go to the component whose first voxel comes first in raster order. One labelling pass
+/// serves every class. Returns the number of voxels removed.
 pub fn keep_largest(
     labels: &mut [u8],
     dims: [usize; 3],
     classes: &[u8],
     conn: Connectivity,
 ) -> u64 {
-    let mut removed = 0;
+    let (comp, counts) = label_values(labels, 0, dims, conn);
+    // The class of each component, from its first voxel.
+    let mut class_of = vec![0u8; counts.len()];
+    for (&l, &k) in labels.iter().zip(&comp) {
+        if k != 0 {
+            class_of[k as usize - 1] = l;
+        }
+    }
+    // Per class, the largest component (first on ties: components are numbered in raster order).
+    let mut best: [Option<(u32, u64)>; 256] = [None; 256];
+    for (i, (&c, &n)) in class_of.iter().zip(&counts).enumerate() {
+        let slot = &mut best[c as usize];
+        if slot.is_none_or(|(_, m)| n > m) {
+            *slot = Some((i as u32 + 1, n));
+        }
+    }
+    let mut wanted = [false; 256];
     for &c in classes {
-        let inside: Vec<bool> = labels.iter().map(|&l| l == c).collect();
-        let (comp, counts) = label(&inside, dims, conn);
-        let Some(best) = largest(&counts) else { continue };
-        for (l, &k) in labels.iter_mut().zip(&comp) {
-            if k != 0 && k != best {
-                *l = 0;
-                removed += 1;
-            }
+        wanted[c as usize] = true;
+    }
+    let mut removed = 0;
+    for (l, &k) in labels.iter_mut().zip(&comp) {
+        if k != 0 && wanted[*l as usize] && best[*l as usize].is_some_and(|(b, _)| b != k) {
+            *l = 0;
+            removed += 1;
         }
     }
     removed
 }
 
 /// Removes (sets to 0) every component of a class in `classes` whose volume is below `min_ml`
-/// millilitres, with `spacing` in mm along the dims. Returns the number of voxels removed.
+/// millilitres, with `spacing` in mm along the dims. One labelling pass serves every class.
+/// Returns the number of voxels removed.
 pub fn remove_small(
     labels: &mut [u8],
     dims: [usize; 3],
@@ -156,30 +189,20 @@ pub fn remove_small(
     conn: Connectivity,
 ) -> u64 {
     let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
-    let mut removed = 0;
+    let (comp, counts) = label_values(labels, 0, dims, conn);
+    let small: Vec<bool> = counts.iter().map(|&n| (n as f64) * voxel_ml < min_ml).collect();
+    let mut wanted = [false; 256];
     for &c in classes {
-        let inside: Vec<bool> = labels.iter().map(|&l| l == c).collect();
-        let (comp, counts) = label(&inside, dims, conn);
-        let small: Vec<bool> = counts.iter().map(|&n| (n as f64) * voxel_ml < min_ml).collect();
-        for (l, &k) in labels.iter_mut().zip(&comp) {
-            if k != 0 && small[k as usize - 1] {
-                *l = 0;
-                removed += 1;
-            }
+        wanted[c as usize] = true;
+    }
+    let mut removed = 0;
+    for (l, &k) in labels.iter_mut().zip(&comp) {
+        if k != 0 && wanted[*l as usize] && small[k as usize - 1] {
+            *l = 0;
+            removed += 1;
         }
     }
     removed
-}
-
-/// Number of the largest component (1-based), first on ties; `None` without components.
-fn largest(counts: &[u64]) -> Option<u32> {
-    let mut best: Option<(usize, u64)> = None;
-    for (i, &n) in counts.iter().enumerate() {
-        if best.is_none_or(|(_, m)| n > m) {
-            best = Some((i, n));
-        }
-    }
-    best.map(|(i, _)| i as u32 + 1)
 }
 
 #[cfg(test)]
@@ -245,6 +268,40 @@ mod tests {
                 for conn in [Connectivity::Faces, Connectivity::Edges, Connectivity::Corners] {
                     assert_eq!(label(&m, dims, conn), flood(&m, dims, conn), "{dims:?} {conn:?}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn one_pass_over_all_values_equals_a_pass_per_value() {
+        let dims = [7, 9, 11];
+        let (a, b) = (mask(dims, 5, 45), mask(dims, 6, 45));
+        // Three classes interleaved so that equal neighbours of different classes abound.
+        let values: Vec<u8> =
+            a.iter().zip(&b).map(|(&x, &y)| u8::from(x) + 2 * u8::from(y)).collect();
+        for conn in [Connectivity::Faces, Connectivity::Corners] {
+            let (all, all_counts) = label_values(&values, 0, dims, conn);
+            for c in 1..=3u8 {
+                let inside: Vec<bool> = values.iter().map(|&v| v == c).collect();
+                let (one, counts) = flood(&inside, dims, conn);
+                // The components of class c, renumbered in order of appearance, equal the flood.
+                let mut renumber = std::collections::HashMap::new();
+                let mapped: Vec<u32> = all
+                    .iter()
+                    .zip(&values)
+                    .map(|(&k, &v)| {
+                        if v != c {
+                            return 0;
+                        }
+                        let next = renumber.len() as u32 + 1;
+                        *renumber.entry(k).or_insert(next)
+                    })
+                    .collect();
+                assert_eq!(mapped, one, "class {c} {conn:?}");
+                let mut by_new: Vec<(u32, u64)> =
+                    renumber.iter().map(|(&k, &n)| (n, all_counts[k as usize - 1])).collect();
+                by_new.sort();
+                assert_eq!(by_new.into_iter().map(|(_, n)| n).collect::<Vec<_>>(), counts);
             }
         }
     }
