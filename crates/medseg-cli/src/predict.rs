@@ -9,8 +9,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::dataset::case_id;
 use medseg_infer::source::ConfigSource;
 use medseg_infer::{
-    Cleanup, ModelSource, Observer, OutputType, PredictOptions, Predictor, Request, class_names,
-    labels_of, plan,
+    Cleanup, ModelSource, Observer, OutputType, PredictOptions, Predictor, Request, Resample,
+    class_names, labels_of, plan,
 };
 use medseg_models::MergeOrder;
 use medseg_train::{TrainConfig, device_from_str};
@@ -51,8 +51,8 @@ pub struct Args {
     #[arg(long = "remove-small", value_parser = parse_ml)]
     pub remove_small: Option<f64>,
     /// A run folder (`config.toml` + `checkpoints/best.safetensors`, else `last`), a model package
-    /// (`medseg export`), or a weights file (`.safetensors`, MONAI `.pt`/`.pth`), which needs
-    /// `--preset` or `--config`.
+    /// (`medseg export`), a MONAI bundle folder (`configs/inference.json` + `models/model.pt`), or
+    /// a weights file (`.safetensors`, MONAI `.pt`/`.pth`), which needs `--preset` or `--config`.
     #[arg(long)]
     pub model: PathBuf,
     /// Embedded training preset giving architecture, preprocessing and sliding window
@@ -67,6 +67,11 @@ pub struct Args {
     /// the input grid (folder input: one subfolder per case).
     #[arg(long)]
     pub probabilities: Option<PathBuf>,
+    /// Back to the input grid: `probabilities` (interpolate the softmax back, then arg-max:
+    /// MONAI Invertd nearest_interp false) or `labels` (arg-max on the network grid, nearest
+    /// neighbour back). Default: a bundle's postprocessing, else labels.
+    #[arg(long, value_parser = ["probabilities", "labels"])]
+    pub resample: Option<String>,
     /// Test-time augmentation: average the softmax over the 8 flip combinations of the three
     /// spatial axes (8× the inference time).
     #[arg(long)]
@@ -211,8 +216,13 @@ pub fn run(args: &Args) -> Result<()> {
     if args.roi_subset.is_some() || args.largest_component.is_some() || args.statistics.is_some() {
         eprintln!("class names: {names_from}");
     }
-    let opts =
-        PredictOptions { tta: args.tta, class_names: names, cleanup, series: args.series.clone() };
+    let opts = PredictOptions {
+        tta: args.tta,
+        class_names: names,
+        cleanup,
+        series: args.series.clone(),
+        resample: args.resample.as_deref().map(Resample::parse).transpose()?,
+    };
     let p = Predictor::new(loaded, device, opts);
     eprintln!("{}", p.window_summary());
     // Folder mode: the jobs' inputs are the files of the input folder (a DICOM folder is one job).

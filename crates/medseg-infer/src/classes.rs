@@ -8,12 +8,21 @@ use medseg_data::Volume;
 use crate::components::{Connectivity, keep_largest, remove_small};
 use crate::{Error, Result};
 
-/// Names of labels `0..n`, from the first source that has `n` of them: a model package's
-/// recorded classes; a run folder's `metrics.csv` columns (as `medseg export` records them); the
+/// Names of labels `0..n`, from the first source that has `n` of them: a MONAI bundle's
+/// metadata (`channel_def`, `pred_classes`, `label_classes`); a model package's recorded classes; a run folder's `metrics.csv` columns (as `medseg export` records them); the
 /// `labels` of the datalist (`dataset.json`) its `config.toml` names in `[data] datalist`; else
 /// `class_<n>`. Returns the names and where they came from.
 pub fn class_names(model: &Path, n: usize) -> (Vec<String>, String) {
     let generic = || (0..n).map(|c| format!("class_{c}")).collect::<Vec<_>>();
+    if model.is_dir() && crate::bundle::is_bundle(model) {
+        let meta = model.join(crate::bundle::METADATA_JSON);
+        if let Ok(cfg) = crate::bundle::MonaiConfig::read(&meta, Default::default())
+            && let Some(names) = crate::bundle::class_names(&cfg, n)
+        {
+            return (names, meta.display().to_string());
+        }
+        return (generic(), "generic (the bundle's metadata names no classes)".to_string());
+    }
     if model.is_file()
         && crate::package::is_package(model).unwrap_or(false)
         && let Ok(p) = crate::package::read_package(model)

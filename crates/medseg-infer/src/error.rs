@@ -84,6 +84,16 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A MONAI bundle's configuration cannot be used as given.
+    #[error("MONAI bundle config {}: {key}: {reason}", file.display())]
+    Bundle {
+        /// The config file (`configs/inference.json`, `configs/metadata.json`).
+        file: PathBuf,
+        /// The config id (`network_def`, `preprocessing::transforms::3`, …).
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An input or output path of `predict` is unusable (missing, wrong kind, would overwrite an
     /// input).
     #[error("{0}")]

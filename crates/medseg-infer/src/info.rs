@@ -1,12 +1,13 @@
 //! What a model source holds, without loading its weights: the architecture, the parameter count
 //! (from shapes only), the classes, the preprocessing, the sliding window, the merge order and its
-//! source, and a package's provenance. `medseg info` prints [`ModelInfo`] as text
+//! source, a package's provenance, and a MONAI bundle's postprocessing and default resampling. `medseg info` prints [`ModelInfo`] as text
 //! ([`std::fmt::Display`]) or JSON (serde).
 use std::fmt;
 use std::path::PathBuf;
 
 use medseg_models::param_count::recording_var_builder;
 
+use crate::invert::Resample;
 use crate::model::ModelConfig;
 use crate::package::{MergeOrderRecord, Provenance, read_header_metadata, read_package};
 use crate::preprocess::{Pipeline, Preprocessing};
@@ -17,7 +18,7 @@ use crate::{Error, Result};
 /// A summary of one model source.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelInfo {
-    /// `run folder`, `package` or `weights`.
+    /// `run folder`, `package`, `MONAI bundle` or `weights`.
     pub source: &'static str,
     /// The path given.
     pub path: PathBuf,
@@ -39,6 +40,15 @@ pub struct ModelInfo {
     pub merge_order: Option<MergeOrderRecord>,
     /// A package's provenance.
     pub provenance: Option<Provenance>,
+    /// How predictions return to the input grid by default (`medseg predict --resample`).
+    pub resample: Resample,
+    /// A bundle's `monai_version`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monai_version: Option<String>,
+    /// A bundle's postprocessing, one entry per line, and the preprocessing entries medseg's
+    /// reader covers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bundle_notes: Vec<String>,
 }
 
 /// Describes `source` (reads configurations and file headers, never the tensors).
@@ -48,6 +58,11 @@ pub fn describe(source: &ModelSource) -> Result<ModelInfo> {
         ModelSource::RunFolder { dir, config } => ("run folder", dir, config.is_some()),
         ModelSource::Package { path, config } => ("package", path, config.is_some()),
         ModelSource::Weights { path, .. } => ("weights", path, true),
+        ModelSource::Bundle { dir } => ("MONAI bundle", dir, false),
+    };
+    let bundle = match source {
+        ModelSource::Bundle { dir } => Some(crate::bundle::read_bundle(dir)?),
+        _ => None,
     };
     let package = match source {
         ModelSource::Package { path, .. } => Some(read_package(path)?),
@@ -57,6 +72,7 @@ pub fn describe(source: &ModelSource) -> Result<ModelInfo> {
     let nc = config.model.out_channels();
     let classes = match (&package, source) {
         (Some(p), _) if !overridden => Some(p.classes.clone()),
+        (None, ModelSource::Bundle { .. }) => bundle.as_ref().and_then(|b| b.classes.clone()),
         (None, ModelSource::RunFolder { dir, .. }) => {
             Some(crate::package::run_class_names(dir, nc))
         }
@@ -65,6 +81,12 @@ pub fn describe(source: &ModelSource) -> Result<ModelInfo> {
     let merge_order = match (&config.model, &package) {
         (ModelConfig::TinyUnet(_), _) => None,
         (ModelConfig::SwinUnetr(_), Some(p)) if !overridden => p.merge_order.clone(),
+        (ModelConfig::SwinUnetr(c), None) if resolved.merge_order_note.is_some() => {
+            Some(MergeOrderRecord {
+                order: c.resolved_merge_order(),
+                source: resolved.merge_order_note.clone().unwrap_or_default(),
+            })
+        }
         (ModelConfig::SwinUnetr(c), _) => {
             let recorded = match c.merge_order {
                 Some(_) => None,
@@ -95,6 +117,15 @@ pub fn describe(source: &ModelSource) -> Result<ModelInfo> {
         window: config.window.clone(),
         merge_order,
         provenance: package.filter(|_| !overridden).map(|p| p.provenance),
+        resample: resolved.resample,
+        monai_version: bundle.as_ref().and_then(|b| b.monai_version.clone()),
+        bundle_notes: bundle
+            .map(|b| {
+                let post = b.postprocessing.iter().map(|l| format!("postprocessing: {l}"));
+                let reader = b.no_ops.iter().map(|l| format!("preprocessing: {l}"));
+                reader.chain(post).collect()
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -185,6 +216,12 @@ impl fmt::Display for ModelInfo {
                 p.pixdim, p.a_min, p.a_max
             )?,
             Pipeline::Smt => writeln!(f, "  preprocessing  smt (crop divisible by {:?})", p.roi)?,
+            Pipeline::Monai => {
+                writeln!(f, "  preprocessing  monai ({} steps)", p.steps.len())?;
+                for (i, s) in p.steps.iter().enumerate() {
+                    writeln!(f, "                 {}. {}", i + 1, s.describe())?;
+                }
+            }
         }
         let w = &self.window;
         writeln!(
@@ -194,6 +231,13 @@ impl fmt::Display for ModelInfo {
         )?;
         if let Some(m) = &self.merge_order {
             writeln!(f, "  merge order    {:?} ({})", m.order, m.source)?;
+        }
+        writeln!(f, "  resample       {} (medseg predict --resample)", self.resample.as_str())?;
+        if let Some(v) = &self.monai_version {
+            writeln!(f, "  MONAI version  {v}")?;
+        }
+        for (i, note) in self.bundle_notes.iter().enumerate() {
+            writeln!(f, "  {}{note}", if i == 0 { "bundle         " } else { "               " })?;
         }
         if let Some(p) = &self.provenance {
             let opt = |v: Option<String>| v.unwrap_or_else(|| "not recorded".into());

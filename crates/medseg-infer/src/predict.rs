@@ -1,10 +1,12 @@
 //! The predict API: a [`Predictor`] holds a loaded model and turns one image file into a label map
 //! (and optionally per-class probabilities) on the input's exact grid.
 //!
-//! Per case: read → the run's validation transforms ([`crate::preprocess`]) → sliding window
-//! ([`crate::sliding_window`], streamed) → softmax (averaged over the 8 flips with TTA,
-//! [`crate::tta`]) → argmax ([`crate::postprocess`]) → back to the input's grid
-//! ([`crate::resample`]) → the clean-up of [`crate::classes`] (subset, largest component, small
+//! Per case: read → the preprocessing steps, their grids recorded ([`crate::steps`]) → sliding
+//! window ([`crate::sliding_window`], streamed) → softmax (averaged over the 8 flips with TTA,
+//! [`crate::tta`]) → back to the input's grid ([`Resample`]: `labels` arg-maxes on the network
+//! grid ([`crate::postprocess`]) and maps the labels back by nearest neighbour; `probabilities`
+//! interpolates the softmax back through the recorded steps and arg-maxes there,
+//! [`crate::invert`]) → the clean-up of [`crate::classes`] (subset, largest component, small
 //! components) → the label map (NIfTI, or a DICOM SEG for a DICOM input) → its statistics and
 //! preview. Every file is written atomically; probabilities before the label map.
 use std::time::Instant;
@@ -13,7 +15,6 @@ use candle::{Device, Tensor};
 use medseg_data::dataset::case_id;
 use medseg_data::nifti_io::write_volume;
 use medseg_data::spatial::labels_to_original_grid;
-use medseg_data::transforms::Compose;
 use medseg_data::{Sample, Volume};
 use medseg_dicom::{Limits, SegOptions, SeriesInfo, read_dicom, write_seg};
 use medseg_models::MergeOrder;
@@ -21,14 +22,16 @@ use rayon::prelude::*;
 
 use crate::classes::Cleanup;
 use crate::config::InferenceConfig;
+use crate::invert::{Inverter, Resample};
 use crate::jobs::{InputKind, Job, OutputType};
 use crate::model::SegModel;
 use crate::postprocess::{argmax_labels, softmax_channels};
-use crate::preprocess::{InputGeometry, prepare_sample, read_sample};
-use crate::resample::write_probabilities;
+use crate::preprocess::{InputGeometry, Pipeline, prepare_steps, read_sample};
+use crate::resample::{write_channels, write_probabilities};
 use crate::sliding_window::{sliding_window_argmax, sliding_window_stream, window_starts};
 use crate::source::LoadedModel;
 use crate::statistics::{class_statistics, to_csv, to_json};
+use crate::steps::Step;
 use crate::tta::{add_slice, flip_sets, unflip};
 use crate::{Error, Result};
 
@@ -60,22 +63,32 @@ pub struct PredictOptions {
     pub cleanup: Cleanup,
     /// The SeriesInstanceUID to read from a DICOM input (default: medseg-dicom's choice).
     pub series: Option<String>,
+    /// How predictions return to the input grid (default: the model source's,
+    /// [`LoadedModel::resample`]).
+    pub resample: Option<Resample>,
 }
 
 /// A loaded model ready to predict case after case.
 pub struct Predictor {
     config: InferenceConfig,
     model: Box<dyn SegModel>,
-    transforms: Compose,
+    steps: Vec<Step>,
     device: Device,
     opts: PredictOptions,
+    resample: Resample,
 }
 
 impl Predictor {
     /// Wraps a loaded model; `device` must be the one it was loaded on.
     pub fn new(loaded: LoadedModel, device: Device, opts: PredictOptions) -> Self {
-        let transforms = loaded.config.preprocessing.transforms();
-        Predictor { config: loaded.config, model: loaded.model, transforms, device, opts }
+        let steps = loaded.config.preprocessing.steps();
+        let resample = opts.resample.unwrap_or(loaded.resample);
+        Predictor { config: loaded.config, model: loaded.model, steps, device, opts, resample }
+    }
+
+    /// How predictions return to the input grid.
+    pub fn resample(&self) -> Resample {
+        self.resample
     }
 
     /// The configuration in use (merge order resolved from the weights when they record it).
@@ -92,12 +105,13 @@ impl Predictor {
     pub fn window_summary(&self) -> String {
         let sw = &self.config.window;
         format!(
-            "sliding window roi {:?}, overlap {}, {:?} blending, sw_batch_size {}{}",
+            "sliding window roi {:?}, overlap {}, {:?} blending, sw_batch_size {}{}; resample {}",
             sw.roi,
             sw.overlap,
             sw.mode,
             sw.sw_batch_size,
-            if self.opts.tta { "; TTA over 8 flips" } else { "" }
+            if self.opts.tta { "; TTA over 8 flips" } else { "" },
+            self.resample.as_str()
         )
     }
 
@@ -119,33 +133,62 @@ impl Predictor {
         }
         let original =
             (job.statistics.is_some() || job.preview.is_some()).then(|| sample.image.clone());
-        let (prep, geometry) = prepare_sample(sample, &job.input, &self.transforms)?;
+        let (prep, geometry, trace) = prepare_steps(sample, &job.input, &self.steps)?;
         self.log_geometry(&id, &geometry, obs);
         let shape = prep.shape;
+        let (orig_affine, orig_shape) = (prep.meta.original_affine, prep.meta.original_shape);
         // [X·Y·Z] -> [1, 1, D, H, W]
         let x = Tensor::from_vec(prep.data, (1, 1, shape[0], shape[1], shape[2]), &self.device)?;
         obs.windows_start(self.window_count(shape));
-        let labels = if self.opts.tta || job.probabilities.is_some() {
-            let k = self.config.model.out_channels();
-            // [K·D·H·W] channel-major softmax scores
-            let scores = self.scores(&x, shape, obs)?;
-            if let Some(dir) = &job.probabilities {
-                write_probabilities(dir, &scores, k, shape, prep.affine, &prep.meta)?;
+        let k = self.config.model.out_channels();
+        let data = match self.resample {
+            Resample::Probabilities => {
+                // [K·D·H·W] channel-major softmax scores on the network grid; the input grid is
+                // computed from them slab by slab (its K maps never exist at once).
+                let scores = self.scores(&x, shape, obs)?;
+                drop(x);
+                let inv = Inverter::new(&trace, orig_shape, shape)?;
+                if let Some(dir) = &job.probabilities {
+                    write_channels(dir, k, orig_shape, orig_affine, |c| {
+                        inv.channel(&scores, k, c)
+                    })?;
+                }
+                inv.argmax(&scores, k)?
             }
-            argmax_labels(&scores, k)?
-        } else {
-            // Streamed: the K × voxels scores never exist at once.
-            sliding_window_argmax(&x, &self.config.window, |t| self.forward(t, obs))?
-                .flatten_all()?
-                .to_vec1::<u8>()?
+            Resample::Labels => {
+                let labels = if self.opts.tta || job.probabilities.is_some() {
+                    // [K·D·H·W] channel-major softmax scores
+                    let scores = self.scores(&x, shape, obs)?;
+                    if let Some(dir) = &job.probabilities {
+                        write_probabilities(dir, &scores, k, shape, prep.affine, &prep.meta)?;
+                    }
+                    argmax_labels(&scores, k)?
+                } else {
+                    // Streamed: the K × voxels scores never exist at once.
+                    sliding_window_argmax(&x, &self.config.window, |t| self.forward(t, obs))?
+                        .flatten_all()?
+                        .to_vec1::<u8>()?
+                };
+                if self.config.preprocessing.pipeline == Pipeline::Monai {
+                    // A bundle's Invertd(nearest_interp=True): nearest through each step.
+                    Inverter::new(&trace, orig_shape, shape)?.labels(&labels)?
+                } else {
+                    let net =
+                        Volume::new(labels, shape, prep.affine).ok_or_else(|| Error::Shape {
+                            what: "label map".into(),
+                            expected: format!("{} voxels", shape.iter().product::<usize>()),
+                            got: shape.to_vec(),
+                        })?;
+                    labels_to_original_grid(&net, &orig_affine, orig_shape)?.into_data()
+                }
+            }
         };
-        let net = Volume::new(labels, shape, prep.affine).ok_or_else(|| Error::Shape {
-            what: "label map".into(),
-            expected: format!("{} voxels", shape.iter().product::<usize>()),
-            got: shape.to_vec(),
-        })?;
         let mut labels =
-            labels_to_original_grid(&net, &prep.meta.original_affine, prep.meta.original_shape)?;
+            Volume::new(data, orig_shape, orig_affine).ok_or_else(|| Error::Shape {
+                what: "label map on the input grid".into(),
+                expected: format!("{} voxels", orig_shape.iter().product::<usize>()),
+                got: orig_shape.to_vec(),
+            })?;
         if !self.opts.cleanup.is_empty() {
             let r = self.opts.cleanup.apply(&mut labels);
             obs.log(&format!(

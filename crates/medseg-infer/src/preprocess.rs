@@ -3,9 +3,11 @@
 use std::path::Path;
 
 use medseg_data::dataset::{DataItem, load_sample};
-use medseg_data::transforms::{self, BtcvConfig, Compose, Meta, Sample};
+use medseg_data::spatial::{Interp, Padding};
+use medseg_data::transforms::{self, BtcvConfig, Compose, Meta, Sample, Transform};
 use medseg_data::{Affine, Volume, sample_rng};
 
+use crate::steps::{GridStep, Step, apply_steps};
 use crate::{Error, Result};
 
 /// Which transform pipeline of medseg-data a run uses (`data.pipeline`).
@@ -17,6 +19,8 @@ pub enum Pipeline {
     Btcv,
     /// `smt_train` / `smt_val` (Swin SMT on TotalSegmentator; uses `roi` only).
     Smt,
+    /// The MONAI transforms of `steps`, in order (a MONAI bundle's `preprocessing`).
+    Monai,
 }
 
 /// The fields of a run's `[data]` table that inference needs (the others, such as the datalist or
@@ -33,6 +37,11 @@ pub struct Preprocessing {
     pub a_max: f32,
     /// Training patch size `(D, H, W)` (`smt`: the `k_divisible` of the foreground crop).
     pub roi: [usize; 3],
+    /// The transforms of pipeline `monai` (for `btcv`/`smt`: empty, see [`Self::steps`]).
+    /// For `monai`, `pixdim`, `a_min` and `a_max` repeat the Spacing and ScaleIntensityRange
+    /// steps for display (1 mm and 0…1 when there are none) and `roi` the window's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<Step>,
 }
 
 impl Preprocessing {
@@ -52,6 +61,49 @@ impl Preprocessing {
                 shift_prob: 0.0,
             }),
             Pipeline::Smt => transforms::smt_val(self.roi),
+            Pipeline::Monai => Compose(
+                self.steps.iter().map(|s| Box::new(s.clone()) as Box<dyn Transform>).collect(),
+            ),
+        }
+    }
+
+    /// The deterministic pipeline as MONAI steps (the same functions as [`Self::transforms`]),
+    /// so that the grid of every step is recorded for resampling back.
+    pub fn steps(&self) -> Vec<Step> {
+        let ras = || Step::Orientation { axcodes: "RAS".into() };
+        match self.pipeline {
+            Pipeline::Btcv => vec![
+                ras(),
+                Step::Spacing {
+                    pixdim: self.pixdim,
+                    mode: Interp::Linear,
+                    padding: Padding::Border,
+                },
+                Step::ScaleIntensityRange {
+                    a_min: self.a_min,
+                    a_max: self.a_max,
+                    b_min: 0.0,
+                    b_max: 1.0,
+                    clip: true,
+                },
+                Step::CropForeground { margin: [0; 3], allow_smaller: true, k_divisible: [1; 3] },
+            ],
+            Pipeline::Smt => vec![
+                ras(),
+                Step::ScaleIntensityRange {
+                    a_min: -1024.0,
+                    a_max: 1024.0,
+                    b_min: 0.0,
+                    b_max: 1.0,
+                    clip: true,
+                },
+                Step::CropForeground {
+                    margin: [0; 3],
+                    allow_smaller: false,
+                    k_divisible: self.roi,
+                },
+            ],
+            Pipeline::Monai => self.steps.clone(),
         }
     }
 
@@ -60,11 +112,21 @@ impl Preprocessing {
         match self.pipeline {
             Pipeline::Btcv => Some(self.pixdim),
             Pipeline::Smt => None,
+            Pipeline::Monai => self.steps.iter().find_map(Step::pixdim),
         }
     }
 
     /// Checks the ranges of the fields.
     pub fn validate(&self) -> Result<()> {
+        if self.pipeline == Pipeline::Monai {
+            return self.steps.iter().try_for_each(Step::validate);
+        }
+        if !self.steps.is_empty() {
+            return Err(Error::Config(format!(
+                "data.steps is only read by pipeline \"monai\", not {:?}",
+                self.pipeline
+            )));
+        }
         if self.a_min >= self.a_max || !self.a_min.is_finite() || !self.a_max.is_finite() {
             return Err(Error::Config(format!(
                 "data.a_min ({}) must be below data.a_max ({})",
@@ -120,6 +182,26 @@ pub fn prepare(path: &Path, transforms: &Compose) -> Result<(Prepared, InputGeom
 /// transforms.
 pub fn read_sample(path: &Path) -> Result<Sample> {
     Ok(load_sample(&DataItem::new(path, None), None, 1e-3)?)
+}
+
+/// Applies `steps` to an image already read (from `path`, named in errors), recording the grid
+/// of every geometric step.
+pub fn prepare_steps(
+    sample: Sample,
+    path: &Path,
+    steps: &[Step],
+) -> Result<(Prepared, InputGeometry, Vec<GridStep>)> {
+    let input = InputGeometry::of(&sample.image);
+    let (sample, trace) = apply_steps(sample, steps).map_err(|e| match e {
+        Error::Data(d) => Error::Data(d.at_path(path)),
+        other => Error::Path(format!("{}: preprocessing: {other}", path.display())),
+    })?;
+    let (shape, affine) = (sample.image.shape(), sample.image.affine);
+    Ok((
+        Prepared { data: sample.image.into_data(), shape, affine, meta: sample.meta },
+        input,
+        trace,
+    ))
 }
 
 /// Applies `transforms` to an image already read (from `path`, named in errors).

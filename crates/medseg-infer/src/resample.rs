@@ -75,6 +75,30 @@ pub fn write_probabilities_with(
     staging.publish()
 }
 
+/// Writes `prob_<c>.nii.gz` for every `c < k` into `dir` on the grid (`affine`, `shape`), the
+/// values of channel `c` from `channel(c)` (one channel in memory at a time), published as one set
+/// like [`write_probabilities`].
+pub fn write_channels(
+    dir: &Path,
+    k: usize,
+    shape: [usize; 3],
+    affine: Affine,
+    channel: impl Fn(usize) -> Result<Vec<f32>>,
+) -> Result<()> {
+    let staging = Staging::new(dir)?;
+    for c in 0..k {
+        let data = channel(c)?;
+        let got = data.len();
+        let vol = Volume::new(data, shape, affine).ok_or_else(|| Error::Shape {
+            what: "probability map".into(),
+            expected: format!("{} values", shape.iter().product::<usize>()),
+            got: vec![got],
+        })?;
+        write_volume(&staging.path().join(format!("prob_{c:03}.nii.gz")), &vol)?;
+    }
+    staging.publish()
+}
+
 /// A temporary folder next to its destination (same file system, so publishing only renames).
 struct Staging {
     tmp: tempfile::TempDir,

@@ -2,9 +2,10 @@
 //!
 //! A source is a run folder (its `config.toml` and checkpoint), a one-file model package
 //! (`medseg export`: weights + configuration in the safetensors metadata, [`crate::package`]) or
-//! a weights file (`.safetensors`, MONAI/PyTorch `.pt`/`.pth`) with the configuration that
-//! describes it. Other sources (a MONAI bundle folder) become further [`ModelSource`] variants
-//! resolving to the same [`ResolvedModel`]; everything after resolution is shared.
+//! a MONAI bundle folder (`configs/inference.json` + `models/model.pt`, [`crate::bundle`]) or a
+//! weights file (`.safetensors`, MONAI/PyTorch `.pt`/`.pth`) with the configuration that
+//! describes it. Every source resolves to the same [`ResolvedModel`]; everything after
+//! resolution is shared.
 use std::path::{Path, PathBuf};
 
 use candle::{DType, Device};
@@ -12,6 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use medseg_models::loader::{frozen_var_builder, load_into_varmap, read_checkpoint};
 
 use crate::config::InferenceConfig;
+use crate::invert::Resample;
 use crate::model::{ModelConfig, SegModel};
 use crate::{Error, Result};
 
@@ -52,6 +54,12 @@ pub enum ModelSource {
         /// A configuration that overrides the package's own.
         config: Option<ConfigSource>,
     },
+    /// A MONAI bundle folder: `configs/inference.json` (+ `configs/metadata.json`) and
+    /// `models/model.pt`; it carries its own configuration.
+    Bundle {
+        /// The bundle folder.
+        dir: PathBuf,
+    },
     /// A weights file and the configuration describing its architecture and preprocessing.
     Weights {
         /// `.safetensors`, `.pt`, `.pth`, …
@@ -73,12 +81,32 @@ pub struct ResolvedModel {
     /// The weights were trained with this very configuration (a run folder's own config), so an
     /// unrecorded merge order is not worth a warning.
     pub from_run: bool,
+    /// How predictions return to the input grid unless the caller says otherwise: what a
+    /// bundle's postprocessing does, else [`Resample::Labels`].
+    pub resample: Resample,
+    /// Where the merge order comes from when the source decides it (a bundle's
+    /// `monai_version`).
+    pub merge_order_note: Option<String>,
 }
 
 impl ModelSource {
-    /// A folder is a run folder; a `.safetensors` file whose metadata has `medseg.format` is a
+    /// A folder with `configs/inference.json` is a MONAI bundle (which takes no `config`), any
+    /// other folder a run folder; a `.safetensors` file whose metadata has `medseg.format` is a
     /// package; any other file is a weights file (which then needs `config`).
     pub fn from_path(model: &Path, config: Option<ConfigSource>) -> Result<Self> {
+        if model.is_dir() && crate::bundle::is_bundle(model) {
+            if let Some(c) = config {
+                return Err(Error::Model {
+                    path: model.to_path_buf(),
+                    reason: format!(
+                        "a MONAI bundle carries its own configuration; drop --preset/--config \
+                         ({})",
+                        c.origin
+                    ),
+                });
+            }
+            return Ok(ModelSource::Bundle { dir: model.to_path_buf() });
+        }
         if model.is_dir() {
             return Ok(ModelSource::RunFolder { dir: model.to_path_buf(), config });
         }
@@ -122,7 +150,14 @@ impl ModelSource {
                         (config, path.display().to_string(), true)
                     }
                 };
-                Ok(ResolvedModel { config, weights, origin, from_run })
+                Ok(ResolvedModel {
+                    config,
+                    weights,
+                    origin,
+                    from_run,
+                    resample: Resample::Labels,
+                    merge_order_note: None,
+                })
             }
             ModelSource::Package { path, config } => {
                 let (config, origin, from_run) = match config {
@@ -132,13 +167,36 @@ impl ModelSource {
                         (info.config, format!("package {}", path.display()), true)
                     }
                 };
-                Ok(ResolvedModel { config, weights: path.clone(), origin, from_run })
+                Ok(ResolvedModel {
+                    config,
+                    weights: path.clone(),
+                    origin,
+                    from_run,
+                    resample: Resample::Labels,
+                    merge_order_note: None,
+                })
+            }
+            ModelSource::Bundle { dir } => {
+                let b = crate::bundle::read_bundle(dir)?;
+                Ok(ResolvedModel {
+                    config: b.inference_config(),
+                    weights: b.weights.clone(),
+                    origin: format!(
+                        "MONAI bundle {}",
+                        dir.join(crate::bundle::INFERENCE_JSON).display()
+                    ),
+                    from_run: true,
+                    resample: b.resample,
+                    merge_order_note: Some(b.merge_order_from),
+                })
             }
             ModelSource::Weights { path, config } => Ok(ResolvedModel {
                 config: config.config.clone(),
                 weights: path.clone(),
                 origin: config.origin.clone(),
                 from_run: false,
+                resample: Resample::Labels,
+                merge_order_note: None,
             }),
         }
     }
@@ -155,6 +213,8 @@ pub struct LoadedModel {
     pub merge_order_from: Option<&'static str>,
     /// Warnings for the user (unused tensors, an unrecorded merge order).
     pub warnings: Vec<String>,
+    /// The source's default resampling back to the input grid ([`ResolvedModel::resample`]).
+    pub resample: Resample,
 }
 
 impl ResolvedModel {
@@ -165,7 +225,9 @@ impl ResolvedModel {
         let ckpt = read_checkpoint(weights)?;
         let mut warnings = Vec::new();
         let merge_order_from = match &mut self.config.model {
-            ModelConfig::SwinUnetr(c) => Some(if c.merge_order.is_some() {
+            ModelConfig::SwinUnetr(c) => Some(if self.merge_order_note.is_some() {
+                "bundle's monai_version"
+            } else if c.merge_order.is_some() {
                 "config"
             } else if let Some(o) = ckpt.merge_order {
                 c.merge_order = Some(o);
@@ -218,6 +280,12 @@ impl ResolvedModel {
         // Detached weights: inference records no autograd graph, so activations are freed as
         // soon as they are consumed.
         let model = self.config.model.build(frozen_var_builder(&varmap)?)?;
-        Ok(LoadedModel { config: self.config, model, merge_order_from, warnings })
+        Ok(LoadedModel {
+            config: self.config,
+            model,
+            merge_order_from,
+            warnings,
+            resample: self.resample,
+        })
     }
 }

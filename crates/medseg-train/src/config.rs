@@ -110,6 +110,8 @@ impl DataConfig {
         match self.pipeline {
             Pipeline::Btcv => transforms::btcv_train(&self.btcv()),
             Pipeline::Smt => transforms::smt_train(self.roi),
+            // A MONAI bundle's inference steps: no training recipe (refused by `validate`).
+            Pipeline::Monai => self.preprocessing().transforms(),
         }
     }
 
@@ -127,6 +129,7 @@ impl DataConfig {
             a_min: self.a_min,
             a_max: self.a_max,
             roi: self.roi,
+            steps: Vec::new(),
         }
     }
 
@@ -272,6 +275,13 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         self.model.validate()?;
+        if self.data.pipeline == Pipeline::Monai {
+            return bad(
+                "data.pipeline \"monai\" (a MONAI bundle's preprocessing) has no training \
+                        recipe: use btcv or smt"
+                    .into(),
+            );
+        }
         let div = self.model.size_divisor();
         for (what, roi) in [("data.roi", self.data.roi), ("inference.roi", self.inference.roi)] {
             if roi.iter().any(|&r| r == 0 || r % div != 0) {

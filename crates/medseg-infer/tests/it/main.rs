@@ -14,3 +14,6 @@ mod preview;
 
 /// One-file model packages: export from a run folder with a generation and state, read back.
 mod package;
+
+/// MONAI bundles: the zoo's BTCV configs, refused configs, a tiny bundle vs MONAI's bundle run.
+mod bundle;

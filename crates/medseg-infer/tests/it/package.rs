@@ -29,6 +29,7 @@ fn config() -> InferenceConfig {
             a_min: -175.0,
             a_max: 250.0,
             roi: [16; 3],
+            steps: Vec::new(),
         },
         window: SlidingWindowConfig {
             roi: [16; 3],
