@@ -1,5 +1,5 @@
-//! `medseg info`: what a model source holds (run folder, `medseg export` package, weights with
-//! `--preset`/`--config`): architecture, parameter count, classes, preprocessing, sliding
+//! `medseg info`: what a model source holds (run folder, `medseg export` package, MONAI bundle
+//! folder, weights with `--preset`/`--config`): architecture, parameter count, classes, preprocessing, sliding
 //! window, merge order, provenance; text or `--json`. `medseg_infer::describe` does the work.
 use std::path::PathBuf;
 
@@ -11,8 +11,8 @@ use medseg_train::TrainConfig;
 /// Arguments of `medseg info`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A run folder, a model package, or a weights file (`.safetensors`, MONAI `.pt`/`.pth`)
-    /// with `--preset` or `--config`.
+    /// A run folder, a model package, a MONAI bundle folder (`configs/inference.json`), or a
+    /// weights file (`.safetensors`, MONAI `.pt`/`.pth`) with `--preset` or `--config`.
     pub model: PathBuf,
     /// Embedded training preset describing a weights file.
     #[arg(long, conflicts_with = "config")]
