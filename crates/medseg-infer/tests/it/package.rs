@@ -163,3 +163,55 @@ fn a_swin_package_records_the_merge_order_of_the_weights_metadata() {
     assert_eq!(loaded.config.merge_order(), Some(medseg_models::MergeOrder::Legacy));
     assert_eq!(swin.resolved_merge_order(), medseg_models::MergeOrder::Fixed);
 }
+
+/// A run folder (pipeline `btcv`, its steps recorded) predicts with `--resample probabilities`
+/// too: with TTA, the written probabilities are the interpolated ones the labels are the
+/// arg-max of, they sum to 1 inside the foreground crop and are 0 outside it (label 0 there).
+#[test]
+fn a_run_folder_resamples_probabilities_through_its_recorded_steps() {
+    use medseg_infer::{PredictOptions, Predictor, Quiet, Resample, plan_jobs};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path());
+    let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/bundle_tiny/image.nii.gz");
+    let resolved = ModelSource::from_path(&run, None).expect("source").resolve().expect("resolve");
+    assert_eq!(resolved.resample, Resample::Labels, "a run folder's default");
+    let out = tmp.path().join("seg.nii.gz");
+    let probs = tmp.path().join("probs");
+    let mut jobs = plan_jobs(&image, &out, Some(&probs)).expect("plan");
+    let opts = PredictOptions {
+        resample: Some(Resample::Probabilities),
+        tta: true,
+        ..PredictOptions::default()
+    };
+    let p = Predictor::new(resolved.load(&Device::Cpu).expect("load"), Device::Cpu, opts);
+    assert_eq!(p.resample(), Resample::Probabilities);
+    p.predict(&jobs.remove(0), &Quiet).expect("predict");
+    let labels = medseg_data::read_volume::<u8>(&out).expect("labels");
+    let ch: Vec<_> = (0..3)
+        .map(|c| {
+            medseg_data::read_volume::<f32>(probs.join(format!("prob_{c:03}.nii.gz")))
+                .expect("prob")
+        })
+        .collect();
+    let (mut inside, mut outside) = (0, 0);
+    for (i, &l) in labels.data().iter().enumerate() {
+        let v: Vec<f32> = ch.iter().map(|c| c.data()[i]).collect();
+        let sum: f32 = v.iter().sum();
+        if sum == 0.0 {
+            outside += 1;
+            assert_eq!(l, 0, "voxel {i} outside the crop");
+            continue;
+        }
+        inside += 1;
+        let best = (0..3).fold(0, |b, c| if v[c] > v[b] { c } else { b });
+        assert_eq!(usize::from(l), best, "voxel {i}: {v:?}");
+    }
+    assert!(inside > 1000 && outside > 1000, "inside {inside}, outside {outside}");
+    // Away from the crop's edge (where the zero padding takes part in the interpolation, as in
+    // MONAI) the probabilities sum to 1; nowhere above 1.
+    let sums: Vec<f32> =
+        (0..labels.len()).map(|i| ch.iter().map(|c| c.data()[i]).sum::<f32>()).collect();
+    assert!(sums.iter().all(|s| (0.0..=1.0 + 1e-5).contains(s)), "a sum outside [0, 1]");
+    let full = sums.iter().filter(|s| (**s - 1.0).abs() < 1e-5).count();
+    assert!(full * 2 > inside, "{full} of {inside} voxels sum to 1");
+}
