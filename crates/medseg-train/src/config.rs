@@ -419,6 +419,14 @@ mod tests {
     }
 
     #[test]
+    fn a_monai_bundle_pipeline_has_no_training_recipe() {
+        let mut c = TrainConfig::preset("phantom").expect("preset");
+        c.data.pipeline = Pipeline::Monai;
+        let e = c.validate().expect_err("monai pipeline");
+        assert!(e.to_string().contains("no training recipe"), "{e}");
+    }
+
+    #[test]
     fn unknown_fields_are_rejected() {
         let text = preset_text("phantom").expect("preset").replace("[train]", "[train]\nbogus = 1");
         let e = TrainConfig::from_toml(&text, Path::new("t.toml")).expect_err("unknown field");
