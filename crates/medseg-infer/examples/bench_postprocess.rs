@@ -34,7 +34,7 @@ fn phantom() -> (Vec<u8>, Vec<f32>) {
                 s ^= s << 17;
                 let organ = 1 + ((i / 48) * 7 + (j / 48) * 3 + (k / 30) * 11) % 117;
                 // 2 % speckle of a neighbouring class: small components of every class.
-                let c = if s % 50 == 0 { 1 + organ % 117 } else { organ };
+                let c = if s.is_multiple_of(50) { 1 + organ % 117 } else { organ };
                 labels[v] = c as u8;
                 image[v] = c as f32 * 2.0 - 100.0 + (s % 41) as f32;
             }

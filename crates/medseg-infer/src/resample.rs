@@ -94,7 +94,7 @@ pub fn write_channels(
             expected: format!("{} values", shape.iter().product::<usize>()),
             got: vec![got],
         })?;
-        write_volume(&staging.path().join(format!("prob_{c:03}.nii.gz")), &vol)?;
+        write_volume(staging.path().join(format!("prob_{c:03}.nii.gz")), &vol)?;
     }
     staging.publish()
 }

@@ -129,7 +129,8 @@ fn unsupported_and_hostile_configs_name_the_key_and_the_file() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = bundle_from(&zoo("0.5.6"), tmp.path());
     let tr = |v: &mut serde_json::Value| v["preprocessing"]["transforms"].clone();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "RandFlipd",
             Box::new(|v| {
