@@ -1,7 +1,10 @@
-//! Scanning an input: every file's header is read once (pixel data skipped), images are grouped by
-//! SeriesInstanceUID, each series is summarised, and one is chosen by a documented rule.
+//! Scanning an input: every file's header is read once (pixel data skipped, files in parallel),
+//! images are grouped by SeriesInstanceUID, each series is summarised, and one is chosen by a
+//! documented rule.
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{SliceKey, build_grid};
@@ -55,14 +58,21 @@ impl Scan {
     /// Files that are not DICOM, DICOMDIR and DICOM objects without pixel data are skipped and
     /// counted; a file with the DICOM signature that does not parse is an error naming it.
     pub fn open(path: impl AsRef<Path>, limits: Limits) -> Result<Scan> {
-        let mut input = Input::open(path, limits)?;
+        let input = Input::open(path, limits)?;
         let origins = input.files().to_vec();
+        // Headers are parsed in parallel (each thread reuses one read buffer); the results keep
+        // file order, so the first error in file order is the one reported.
+        let parsed: Vec<Result<Parsed>> = origins
+            .par_iter()
+            .map_init(Vec::new, |buf, origin| {
+                input.read_into(origin, buf)?;
+                parse_header(buf, origin.clone(), &input.display(origin))
+            })
+            .collect();
         let mut instances = Vec::new();
         let mut skipped = 0;
-        for origin in &origins {
-            let file = input.display(origin);
-            let bytes = input.read(origin)?;
-            match parse_header(&bytes, origin.clone(), &file)? {
+        for parsed in parsed {
+            match parsed? {
                 Parsed::Image(inst) => instances.push(*inst),
                 Parsed::Skipped => skipped += 1,
             }
