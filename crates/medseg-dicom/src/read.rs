@@ -1,9 +1,8 @@
 //! Decoding the chosen series into a `Volume<f32>` in Hounsfield units, and the [`SeriesInfo`] a
 //! DICOM SEG needs later.
-use std::path::Path;
-
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::path::Path;
 
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
@@ -923,5 +922,53 @@ mod tests {
         let err = scan.load(&uid).expect_err("truncated after the scan");
         let name = victim.file_name().unwrap().to_str().unwrap();
         assert!(err.to_string().contains(name), "{err}");
+    }
+
+    #[test]
+    fn slices_land_at_their_voxels_in_runs_and_out_of_order() {
+        // An odd grid (rows not a multiple of a task's rows), stored 16-bit slices and decoded
+        // HU slices mixed; slices written in two interleaved groups (k even, then k odd) and in
+        // one run, against a plain loop.
+        let [nx, ny, nz] = [37usize, 13, 9];
+        let format = SampleFormat { bytes: 2, stored: 16, signed: true, little_endian: true };
+        let value =
+            |i: usize, j: usize, k: usize| (i * 7 + j * 131 + k * 1009) as i32 % 4000 - 2000;
+        let stored: Vec<Vec<u8>> = (0..nz)
+            .map(|k| {
+                let v: Vec<u32> = (0..nx * ny).map(|p| value(p % nx, p / nx, k) as u32).collect();
+                encode(&v, 2, true)
+            })
+            .collect();
+        let slice = |k: usize| Slice {
+            k,
+            data: if k % 3 == 0 {
+                SliceData::Hu((0..nx * ny).map(|p| value(p % nx, p / nx, k) as f32 * 2.0).collect())
+            } else {
+                SliceData::Stored {
+                    bytes: &stored[k],
+                    format,
+                    rescale: Rescale::new(format, 2.0, 0.0),
+                }
+            },
+        };
+        let mut want = vec![0f32; nx * ny * nz];
+        for (idx, w) in want.iter_mut().enumerate() {
+            let (i, j, k) = (idx / (ny * nz), (idx / nz) % ny, idx % nz);
+            *w = value(i, j, k) as f32 * 2.0;
+        }
+        let groups: [Vec<Vec<usize>>; 2] = [
+            vec![(0..nz).collect()],
+            vec![(0..nz).step_by(2).collect(), (1..nz).step_by(2).collect()],
+        ];
+        for group in groups {
+            let mut data = vec![f32::NAN; nx * ny * nz];
+            let mut lines = lines_by_row(&mut data, [nx, ny, nz]);
+            for ks in &group {
+                let slices: Vec<Slice> = ks.iter().map(|&k| slice(k)).collect();
+                write_slices(&mut lines, &slices, nx);
+            }
+            drop(lines);
+            assert_eq!(data, want, "groups {group:?}");
+        }
     }
 }
