@@ -941,7 +941,7 @@ mod tests {
             .collect();
         let slice = |k: usize| Slice {
             k,
-            data: if k % 3 == 0 {
+            data: if k.is_multiple_of(3) {
                 SliceData::Hu((0..nx * ny).map(|p| value(p % nx, p / nx, k) as f32 * 2.0).collect())
             } else {
                 SliceData::Stored {
