@@ -142,6 +142,16 @@ impl Input {
     /// Reads a whole file into `buf` (replacing its contents, reusing its allocation), refusing
     /// files above [`Limits::max_file_bytes`].
     pub fn read_into(&self, origin: &Origin, buf: &mut Vec<u8>) -> Result<()> {
+        self.read_part(origin, buf, None).map(|_| ())
+    }
+
+    /// Reads the first `head` bytes of a file (all of it when shorter) into `buf`, refusing files
+    /// above [`Limits::max_file_bytes`]; returns the whole file's length.
+    pub fn read_head_into(&self, origin: &Origin, buf: &mut Vec<u8>, head: u64) -> Result<u64> {
+        self.read_part(origin, buf, Some(head))
+    }
+
+    fn read_part(&self, origin: &Origin, buf: &mut Vec<u8>, head: Option<u64>) -> Result<u64> {
         let max = self.limits.max_file_bytes;
         let too_big = |file: String, len: u64| Error::Limit {
             file,
@@ -156,7 +166,11 @@ impl Input {
                 if len > max {
                     return Err(too_big(p.display().to_string(), len));
                 }
-                read_capped(file, len, max, buf).map_err(io)
+                match head {
+                    Some(head) => read_head(file, len, head, buf).map_err(io)?,
+                    None => read_capped(file, len, max, buf).map_err(io)?,
+                }
+                Ok(len)
             }
             Origin::ZipEntry { index, name } => {
                 let shown = format!("{}!{name}", self.path.display());
@@ -175,10 +189,26 @@ impl Input {
                 if len > max {
                     return Err(too_big(shown, len));
                 }
-                read_capped(entry, len, max, buf).map_err(|e| zip_err(format!("{name}: {e}")))
+                match head {
+                    Some(head) => read_head(entry, len, head, buf),
+                    None => read_capped(entry, len, max, buf),
+                }
+                .map_err(|e| zip_err(format!("{name}: {e}")))?;
+                Ok(len)
             }
         }
     }
+}
+
+/// Reads at most `head` bytes into `buf`, reserving no more than the declared length.
+fn read_head(
+    reader: impl Read,
+    declared: u64,
+    head: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.reserve(declared.min(head) as usize);
+    reader.take(head).read_to_end(buf).map(|_| ())
 }
 
 /// Reads at most `max` bytes into `buf`, reserving no more than the declared length (itself

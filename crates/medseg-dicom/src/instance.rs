@@ -148,6 +148,17 @@ pub(crate) enum Parsed {
     Image(Box<Instance>),
     /// Not DICOM, DICOMDIR, or DICOM without pixel data (reports, presentation states, …).
     Skipped,
+    /// The bytes were the start of a file and its header goes on past them: read it whole.
+    NeedWhole,
+}
+
+/// What the lazy walk over a data set found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Walk {
+    /// The top-level PixelData element was reached (every element before it was checked).
+    reached_pixel_data: bool,
+    /// Where its value lies, for uncompressed little endian.
+    native: Option<NativePixelData>,
 }
 
 /// True when the bytes carry the DICOM Part 10 signature (`DICM` at 128, or at 0 without preamble).
@@ -157,27 +168,25 @@ pub(crate) fn has_dicom_magic(bytes: &[u8]) -> bool {
 
 /// Parses a whole file (pixel data included).
 pub(crate) fn parse_full(bytes: &[u8], file: &str) -> Result<DefaultDicomObject> {
-    open(bytes, file, false).map(|(obj, _)| obj)
+    let start = preamble_len(bytes);
+    check_declared_lengths(bytes, start, file, bytes.len() as u64)?;
+    parse(bytes, start, file, OpenFileOptions::new())
 }
 
-/// Parses a file (up to PixelData when `header_only`), and says where its PixelData value lies
-/// when it is uncompressed little endian.
-fn open(
+/// 128 when the bytes start with the Part 10 preamble (`DICM` at 128), else 0.
+fn preamble_len(bytes: &[u8]) -> usize {
+    if bytes.get(128..132) == Some(b"DICM") { 128 } else { 0 }
+}
+
+fn parse(
     bytes: &[u8],
+    start: usize,
     file: &str,
-    header_only: bool,
-) -> Result<(DefaultDicomObject, Option<NativePixelData>)> {
-    let mut opts = OpenFileOptions::new();
-    if header_only {
-        opts = opts.read_until(tags::PIXEL_DATA);
-    }
-    let start = if bytes.get(128..132) == Some(b"DICM") { 128 } else { 0 };
-    let native = check_declared_lengths(bytes, start, file)?;
-    let obj = opts
-        .read_preamble(dicom_object::file::ReadPreamble::Never)
+    opts: OpenFileOptions,
+) -> Result<DefaultDicomObject> {
+    opts.read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(&bytes[start..])
-        .map_err(|e| Error::Parse { file: file.to_string(), message: e.to_string() })?;
-    Ok((obj, native))
+        .map_err(|e| Error::Parse { file: file.to_string(), message: e.to_string() })
 }
 
 /// Walks the data set lazily (headers read, values skipped) and refuses any element or item whose
@@ -185,38 +194,34 @@ fn open(
 /// before reading it, so a 4 GiB length in a 4 KiB file would otherwise cost 4 GiB.
 /// A walk that fails for another reason is left to the real parser to report.
 ///
-/// On the way it notes where a top-level PixelData value of defined length lies, for the
-/// uncompressed little-endian transfer syntaxes.
-fn check_declared_lengths(
-    bytes: &[u8],
-    start: usize,
-    file: &str,
-) -> Result<Option<NativePixelData>> {
+/// `total` is the whole file's length; `bytes` may be only its start (the walk then stops where
+/// they end). On the way it notes whether the top-level PixelData element was reached and where
+/// its value lies, when it has a defined length in an uncompressed little-endian transfer syntax.
+fn check_declared_lengths(bytes: &[u8], start: usize, file: &str, total: u64) -> Result<Walk> {
     use dicom_core::header::Header;
     use dicom_encoding::TransferSyntaxIndex;
     use dicom_parser::dataset::LazyDataToken;
     use dicom_parser::dataset::lazy_read::LazyDataSetReader;
     use dicom_parser::stateful::decode::StatefulDecode;
-    let total = bytes.len() as u64;
     let too_long = |len: u64| Error::Limit {
         file: file.to_string(),
         message: format!("an element declares {len} bytes but the file has {total}"),
     };
     let mut cursor = std::io::Cursor::new(&bytes[start..]);
-    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut cursor) else { return Ok(None) };
+    let mut walk = Walk::default();
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut cursor) else { return Ok(walk) };
     let Some(ts) =
         dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(meta.transfer_syntax())
     else {
-        return Ok(None);
+        return Ok(walk);
     };
     if ts.uid() == "1.2.840.10008.1.2.1.99" {
         // Deflated data set: the lazy reader does not inflate it.
-        return Ok(None);
+        return Ok(walk);
     }
     let in_place = NATIVE_LITTLE_ENDIAN.contains(&ts.uid());
     let explicit_vr = ts.uid() != NATIVE_LITTLE_ENDIAN[0];
-    let Ok(mut reader) = LazyDataSetReader::new_with_ts(cursor, ts) else { return Ok(None) };
-    let mut native = None;
+    let Ok(mut reader) = LazyDataSetReader::new_with_ts(cursor, ts) else { return Ok(walk) };
     // Nesting depth: PixelData counts only at the top level of the data set.
     let mut depth = 0usize;
     while let Some(Ok(token)) = reader.advance() {
@@ -233,19 +238,24 @@ fn check_declared_lengths(
             return Err(too_long(len));
         }
         match &token {
-            LazyDataToken::SequenceStart { .. } | LazyDataToken::PixelSequenceStart => depth += 1,
+            LazyDataToken::PixelSequenceStart => {
+                walk.reached_pixel_data |= depth == 0;
+                depth += 1;
+            }
+            LazyDataToken::SequenceStart { .. } => depth += 1,
             LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
             LazyDataToken::LazyValue { header, decoder }
-                if in_place && depth == 0 && header.tag() == tags::PIXEL_DATA =>
+                if depth == 0 && header.tag() == tags::PIXEL_DATA =>
             {
-                if let Some(len) = header.length().get() {
+                walk.reached_pixel_data = true;
+                if let Some(len) = header.length().get().filter(|_| in_place) {
                     let offset = start as u64 + decoder.position();
                     let end = offset + u64::from(len);
                     if end <= total {
-                        native = Some(NativePixelData {
+                        walk.native = Some(NativePixelData {
                             offset: offset as usize,
                             len: len as usize,
-                            file_len: bytes.len(),
+                            file_len: total as usize,
                             explicit_vr,
                         });
                     }
@@ -254,23 +264,32 @@ fn check_declared_lengths(
             _ => {}
         }
         if token.skip().is_err() {
-            return Ok(None);
+            return Ok(walk);
         }
     }
-    Ok(native)
+    Ok(walk)
 }
 
-/// Parses the header of one file. Non-DICOM bytes and non-image objects are [`Parsed::Skipped`];
-/// a file with the DICOM signature that does not parse is an error naming it.
+/// Parses the header of one file from `bytes`, the whole file or its first bytes (`total` is the
+/// file's length). Non-DICOM bytes and non-image objects are [`Parsed::Skipped`]; a file with the
+/// DICOM signature that does not parse is an error naming it; when `bytes` end before the
+/// header does (PixelData not reached), [`Parsed::NeedWhole`].
 pub(crate) fn parse_header(
     bytes: &[u8],
+    total: u64,
     origin: crate::input::Origin,
     file: &str,
 ) -> Result<Parsed> {
     if !has_dicom_magic(bytes) {
         return Ok(Parsed::Skipped);
     }
-    let (obj, native) = open(bytes, file, true)?;
+    let start = preamble_len(bytes);
+    let walk = check_declared_lengths(bytes, start, file, total)?;
+    if (bytes.len() as u64) < total && !walk.reached_pixel_data {
+        return Ok(Parsed::NeedWhole);
+    }
+    let native = walk.native;
+    let obj = parse(bytes, start, file, OpenFileOptions::new().read_until(tags::PIXEL_DATA))?;
     let meta = obj.meta();
     let sop_class_uid = trim(&meta.media_storage_sop_class_uid);
     if sop_class_uid == MEDIA_STORAGE_DIRECTORY || obj.get(tags::ROWS).is_none() {

@@ -971,4 +971,58 @@ mod tests {
             assert_eq!(data, want, "groups {group:?}");
         }
     }
+
+    /// The `axial` fixture with 300 × 280 slices (files larger than the header pass's first read),
+    /// each with its own pattern, and `change` applied.
+    fn large_series(dir: &Path, change: impl Fn(&mut DefaultDicomObject)) {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let (rows, cols) = (300u16, 280u16);
+        rewritten(dir, |obj| {
+            let n =
+                obj.get(tags::INSTANCE_NUMBER).and_then(|e| e.to_int::<i32>().ok()).unwrap_or(0);
+            let px: Vec<i16> = (0..rows as i32 * cols as i32)
+                .map(|p| ((p * 7 + n * 1000) % 3000 - 1000) as i16)
+                .collect();
+            obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)));
+            obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(cols)));
+            obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::I16(px.into())));
+            change(obj);
+        });
+    }
+
+    #[test]
+    fn files_longer_than_the_first_read_are_scanned_from_their_start() {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        let dir = tempfile::tempdir().unwrap();
+        large_series(dir.path(), |_| {});
+        let size = std::fs::metadata(dir.path().join("IM0001")).unwrap().len();
+        assert!(size > 2 * crate::series::HEADER_BYTES, "{size} bytes");
+        let (fast, decoded, in_place) = both_ways(dir.path());
+        assert_eq!(fast.volume.shape(), [280, 300, 5]);
+        assert_eq!(in_place, 5, "every file read in place");
+        assert_eq!(fast.volume.data(), decoded.volume.data());
+        // A header longer than the first read (a 100 KB text before PixelData): read whole.
+        let long = tempfile::tempdir().unwrap();
+        large_series(long.path(), |obj| {
+            let text = PrimitiveValue::from("x".repeat(100_000));
+            obj.put(DataElement::new(tags::TEXT_VALUE, VR::UT, text));
+        });
+        let (long_fast, long_decoded, long_in_place) = both_ways(long.path());
+        assert_eq!(long_in_place, 5);
+        assert_eq!(long_fast.volume.data(), fast.volume.data());
+        assert_eq!(long_decoded.volume.data(), fast.volume.data());
+        // A PixelData length beyond the file, seen from the first read.
+        let liar = dir.path().join("IM0001");
+        let mut bytes = std::fs::read(&liar).unwrap();
+        let pat = [0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0];
+        let at = bytes.windows(8).rposition(|w| w == pat).expect("PixelData header") + 8;
+        bytes[at..at + 4].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        std::fs::write(&liar, &bytes).unwrap();
+        match Scan::open(dir.path(), Limits::default()) {
+            Err(Error::Limit { file, message }) => {
+                assert!(file.ends_with("IM0001") && message.contains("4294967280"), "{message}")
+            }
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
 }

@@ -11,6 +11,10 @@ use crate::geometry::{SliceKey, build_grid};
 use crate::input::{Input, Limits};
 use crate::instance::{Instance, Parsed, parse_header};
 
+/// Bytes read from the start of each file in the header pass: a CT slice's header is a few KiB;
+/// longer headers (enhanced multi-frame files) are read whole.
+pub(crate) const HEADER_BYTES: u64 = 64 << 10;
+
 /// One series of the input, as `medseg convert --list` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SeriesSummary {
@@ -61,12 +65,31 @@ impl Scan {
         let input = Input::open(path, limits)?;
         let origins = input.files().to_vec();
         // Headers are parsed in parallel (each thread reuses one read buffer); the results keep
-        // file order, so the first error in file order is the one reported.
+        // file order, so the first error in file order is the one reported. Only the start of
+        // each file is read, unless its header goes on past it.
         let parsed: Vec<Result<Parsed>> = origins
             .par_iter()
             .map_init(Vec::new, |buf, origin| {
-                input.read_into(origin, buf)?;
-                parse_header(buf, origin.clone(), &input.display(origin))
+                let file = input.display(origin);
+                let declared = input.read_head_into(origin, buf, HEADER_BYTES)?;
+                let held = buf.len() as u64;
+                // Fewer bytes than asked for: the whole file. Else the rest is only read when the
+                // header goes on past these bytes, or when the declared length (a zip entry's
+                // size) does not even cover them.
+                let parsed = if held < HEADER_BYTES {
+                    parse_header(buf, held, origin.clone(), &file)?
+                } else if declared > held {
+                    parse_header(buf, declared, origin.clone(), &file)?
+                } else {
+                    Parsed::NeedWhole
+                };
+                match parsed {
+                    Parsed::NeedWhole => {
+                        input.read_into(origin, buf)?;
+                        parse_header(buf, buf.len() as u64, origin.clone(), &file)
+                    }
+                    parsed => Ok(parsed),
+                }
             })
             .collect();
         let mut instances = Vec::new();
@@ -74,7 +97,8 @@ impl Scan {
         for parsed in parsed {
             match parsed? {
                 Parsed::Image(inst) => instances.push(*inst),
-                Parsed::Skipped => skipped += 1,
+                // NeedWhole is not returned for a whole file (above): counted as skipped.
+                Parsed::Skipped | Parsed::NeedWhole => skipped += 1,
             }
         }
         if instances.is_empty() {
