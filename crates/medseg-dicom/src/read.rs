@@ -218,14 +218,14 @@ impl Scan {
         // header's rows × columns (every slice has the same, checked by the grid) and frame
         // counts.
         let mut data = vec![0f32; voxels as usize];
-        let mut lines = lines_by_row(&mut data, grid.shape);
-        write_slices(&mut lines, &first_slices, nx);
+        let mut blocks = row_blocks(&mut data, grid.shape);
+        write_slices(&mut blocks, &first_slices, nx, nz);
         drop(first_slices);
         for chunk in chunks {
             let slices = load_chunk(input, instances, chunk, &mut buffers, [nx, ny], in_place)?;
-            write_slices(&mut lines, &slices, nx);
+            write_slices(&mut blocks, &slices, nx, nz);
         }
-        drop(lines);
+        drop(blocks);
         let volume = Volume::new(data, grid.shape, grid.affine).ok_or_else(|| Error::Geometry {
             series: uid.to_string(),
             message: "voxel count does not match the grid".to_string(),
@@ -626,33 +626,38 @@ fn load_chunk<'b>(
     Ok(slices)
 }
 
-/// The volume's lines along `k` (`nz` values each), grouped by row: `lines[j][i]` is voxel
-/// `(i, j, ·)`. Borrowed disjointly, so that rows can be filled in parallel.
-fn lines_by_row(data: &mut [f32], [nx, ny, nz]: [usize; 3]) -> Vec<Vec<&mut [f32]>> {
-    let mut lines: Vec<Vec<&mut [f32]>> = (0..ny).map(|_| Vec::with_capacity(nx)).collect();
-    for (idx, line) in data.chunks_exact_mut(nz).enumerate() {
-        lines[idx % ny].push(line);
+/// The volume split for row tasks: `blocks[b][i]` holds the lines along `k` of voxels
+/// `(i, j, ·)` for the rows `j` of block `b` (`ROWS_PER_TASK` rows, fewer in the last block), one
+/// contiguous part of plane `i`. Borrowed disjointly, so that blocks can be filled in parallel.
+fn row_blocks(data: &mut [f32], [nx, ny, nz]: [usize; 3]) -> Vec<Vec<&mut [f32]>> {
+    let mut blocks: Vec<Vec<&mut [f32]>> =
+        (0..ny.div_ceil(ROWS_PER_TASK)).map(|_| Vec::with_capacity(nx)).collect();
+    for plane in data.chunks_exact_mut(ny * nz) {
+        for (b, part) in plane.chunks_mut(ROWS_PER_TASK * nz).enumerate() {
+            blocks[b].push(part);
+        }
     }
-    lines
+    blocks
 }
 
-/// Writes `slices` (sorted by `k`, each row-major `[ny, nx]`) into the volume's lines along `k`,
-/// converting stored values to HU on the way.
+/// Writes `slices` (sorted by `k`, each row-major `[ny, nx]`) into the volume's lines along `k`
+/// (`blocks` from [`row_blocks`]), converting stored values to HU on the way.
 ///
-/// One task per few rows `j`: for each row it converts that row of every slice into a tile
+/// One task per block of rows: for each row it converts that row of every slice into a tile
 /// (each slice read front to back), then fills each line's run of `k` from the tile (one
 /// contiguous run when the slices are neighbours, which is how chunks are formed).
-fn write_slices(lines: &mut [Vec<&mut [f32]>], slices: &[Slice], nx: usize) {
+fn write_slices(blocks: &mut [Vec<&mut [f32]>], slices: &[Slice], nx: usize, nz: usize) {
     // Tile rows are padded so that a column of the tile does not map to a few cache sets.
     let stride = nx + 16;
     for group in slices.chunks(SLICE_GROUP) {
         let n = group.len();
         let k0 = group.first().map_or(0, |s| s.k);
         let run = group.iter().enumerate().all(|(s, slice)| slice.k == k0 + s);
-        lines.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(c, rows)| {
+        blocks.par_iter_mut().enumerate().for_each(|(b, parts)| {
             let mut tile = vec![0f32; n * stride];
-            for (r, row) in rows.iter_mut().enumerate() {
-                let j = c * ROWS_PER_TASK + r;
+            let rows = parts.first().map_or(0, |p| p.len() / nz);
+            for r in 0..rows {
+                let j = b * ROWS_PER_TASK + r;
                 let pixels = j * nx..(j + 1) * nx;
                 for (s, slice) in group.iter().enumerate() {
                     let out = &mut tile[s * stride..s * stride + nx];
@@ -665,7 +670,8 @@ fn write_slices(lines: &mut [Vec<&mut [f32]>], slices: &[Slice], nx: usize) {
                         SliceData::Hu(hu) => out.copy_from_slice(&hu[pixels.clone()]),
                     }
                 }
-                for (i, line) in row.iter_mut().enumerate() {
+                for (i, part) in parts.iter_mut().enumerate() {
+                    let line = &mut part[r * nz..(r + 1) * nz];
                     // Column i of the tile: tile[s * stride + i] for each slice s.
                     let column = &tile[i..=i + (n - 1) * stride];
                     if run {
@@ -962,12 +968,12 @@ mod tests {
         ];
         for group in groups {
             let mut data = vec![f32::NAN; nx * ny * nz];
-            let mut lines = lines_by_row(&mut data, [nx, ny, nz]);
+            let mut blocks = row_blocks(&mut data, [nx, ny, nz]);
             for ks in &group {
                 let slices: Vec<Slice> = ks.iter().map(|&k| slice(k)).collect();
-                write_slices(&mut lines, &slices, nx);
+                write_slices(&mut blocks, &slices, nx, nz);
             }
-            drop(lines);
+            drop(blocks);
             assert_eq!(data, want, "groups {group:?}");
         }
     }
