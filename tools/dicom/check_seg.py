@@ -20,14 +20,11 @@ import numpy as np
 import pydicom
 
 
-def main():
-    exe, case, dicom_dir, out = sys.argv[1:5]
-    names_map = json.load(open(os.path.join(case, "labels.json")))
-    names = [names_map[str(i)] for i in range(len(names_map))]
-    lab = np.asarray(nib.load(os.path.join(case, "seg.nii.gz")).dataobj).astype(np.int64)  # [i, j, k]
-    subprocess.run([exe, dicom_dir, os.path.join(case, "seg.nii.gz"), ",".join(names), out], check=True,
-                   capture_output=True)
-    v = subprocess.run(["dciodvfy", out], capture_output=True, text=True)
+def validate(seg_path, lab, names, dicom_dir):
+    """dciodvfy on `seg_path`, then highdicom's masks against the label map `lab` ([i, j, k], on the grid
+    medseg reads from `dicom_dir`) whose label c is called names[c]. Prints the findings; True when
+    dciodvfy reports no error and the masks equal the label map."""
+    v = subprocess.run(["dciodvfy", seg_path], capture_output=True, text=True)
     lines = (v.stdout + v.stderr).splitlines()
     errors = [l for l in lines if l.startswith("Error")]
     warnings = [l for l in lines if l.startswith("Warning")]
@@ -35,9 +32,10 @@ def main():
     for l in errors + sorted(set(warnings))[:10]:
         print("  " + l)
 
-    seg = hd.seg.segread(out)
+    seg = hd.seg.segread(seg_path)
     # Source slices in volume order: sort the CT files by position along the normal, as medseg does.
-    src = [pydicom.dcmread(os.path.join(dicom_dir, f), stop_before_pixels=True) for f in os.listdir(dicom_dir)]
+    src = [pydicom.dcmread(os.path.join(dicom_dir, f), stop_before_pixels=True) for f in os.listdir(dicom_dir)
+           if f != "done"]
     iop = np.array(src[0].ImageOrientationPatient, dtype=float)
     n = np.cross(iop[:3], iop[3:])
     src.sort(key=lambda d: float(np.dot(np.array(d.ImagePositionPatient, dtype=float), n)))
@@ -55,7 +53,17 @@ def main():
         rebuilt[mask] = names.index(label)
     same = bool((rebuilt == lab).all())
     print(f"highdicom masks equal the label map: {same} ({int((rebuilt != lab).sum())} voxels differ)")
-    sys.exit(0 if same and ok and not errors else 1)
+    return same and ok and not errors
+
+
+def main():
+    exe, case, dicom_dir, out = sys.argv[1:5]
+    names_map = json.load(open(os.path.join(case, "labels.json")))
+    names = [names_map[str(i)] for i in range(len(names_map))]
+    lab = np.asarray(nib.load(os.path.join(case, "seg.nii.gz")).dataobj).astype(np.int64)  # [i, j, k]
+    subprocess.run([exe, dicom_dir, os.path.join(case, "seg.nii.gz"), ",".join(names), out], check=True,
+                   capture_output=True)
+    sys.exit(0 if validate(out, lab, names, dicom_dir) else 1)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 //!
 //! Every file is read whole into memory, bounded by [`Limits::max_file_bytes`] (the file's length
 //! or the zip entry's declared size is checked before the buffer is allocated, and the read is
-//! capped, so a lying zip header cannot make us allocate more).
+//! capped, so a lying zip header cannot make us allocate more). Files on disk can be read from
+//! several threads at once; zip entries are read one at a time (the archive sits behind a lock).
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
@@ -51,7 +53,7 @@ pub enum Origin {
 pub struct Input {
     path: PathBuf,
     files: Vec<Origin>,
-    archive: Option<zip::ZipArchive<BufReader<File>>>,
+    archive: Option<Mutex<zip::ZipArchive<BufReader<File>>>>,
     limits: Limits,
 }
 
@@ -102,7 +104,7 @@ impl Input {
                 files.push(Origin::ZipEntry { index, name: name.to_string() });
             }
             files.sort_by(|a, b| origin_name(a).cmp(origin_name(b)));
-            return Ok(Input { path, files, archive: Some(archive), limits });
+            return Ok(Input { path, files, archive: Some(Mutex::new(archive)), limits });
         }
         Ok(Input { path: path.clone(), files: vec![Origin::File(path)], archive: None, limits })
     }
@@ -131,12 +133,31 @@ impl Input {
     }
 
     /// Reads a whole file, refusing files above [`Limits::max_file_bytes`].
-    pub fn read(&mut self, origin: &Origin) -> Result<Vec<u8>> {
+    pub fn read(&self, origin: &Origin) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(origin, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads a whole file into `buf` (replacing its contents, reusing its allocation), refusing
+    /// files above [`Limits::max_file_bytes`].
+    pub fn read_into(&self, origin: &Origin, buf: &mut Vec<u8>) -> Result<()> {
+        self.read_part(origin, buf, None).map(|_| ())
+    }
+
+    /// Reads the first `head` bytes of a file (all of it when shorter) into `buf`, refusing files
+    /// above [`Limits::max_file_bytes`]; returns the whole file's length.
+    pub fn read_head_into(&self, origin: &Origin, buf: &mut Vec<u8>, head: u64) -> Result<u64> {
+        self.read_part(origin, buf, Some(head))
+    }
+
+    fn read_part(&self, origin: &Origin, buf: &mut Vec<u8>, head: Option<u64>) -> Result<u64> {
         let max = self.limits.max_file_bytes;
         let too_big = |file: String, len: u64| Error::Limit {
             file,
             message: format!("file of {len} bytes is larger than the limit of {max} bytes"),
         };
+        buf.clear();
         match origin {
             Origin::File(p) => {
                 let io = |source| Error::Io { path: p.clone(), source };
@@ -145,38 +166,65 @@ impl Input {
                 if len > max {
                     return Err(too_big(p.display().to_string(), len));
                 }
-                read_capped(file, len, max).map_err(io)
+                match head {
+                    Some(head) => read_head(file, len, head, buf).map_err(io)?,
+                    None => read_capped(file, len, max, buf).map_err(io)?,
+                }
+                Ok(len)
             }
             Origin::ZipEntry { index, name } => {
                 let shown = format!("{}!{name}", self.path.display());
                 let path = self.path.clone();
-                let archive = self.archive.as_mut().ok_or_else(|| Error::Zip {
-                    path: path.clone(),
-                    message: format!("entry {name} read without an open archive"),
-                })?;
-                let entry = archive.by_index(*index).map_err(|e| Error::Zip {
-                    path: path.clone(),
-                    message: format!("{name}: {e}"),
-                })?;
+                let zip_err = |message: String| Error::Zip { path: path.clone(), message };
+                let archive = self
+                    .archive
+                    .as_ref()
+                    .ok_or_else(|| zip_err(format!("entry {name} read without an open archive")))?;
+                // A panic while another thread held the lock leaves the archive usable: every
+                // read seeks to its entry first.
+                let mut archive = archive.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let entry =
+                    archive.by_index(*index).map_err(|e| zip_err(format!("{name}: {e}")))?;
                 let len = entry.size();
                 if len > max {
                     return Err(too_big(shown, len));
                 }
-                read_capped(entry, len, max)
-                    .map_err(|e| Error::Zip { path, message: format!("{name}: {e}") })
+                match head {
+                    Some(head) => read_head(entry, len, head, buf),
+                    None => read_capped(entry, len, max, buf),
+                }
+                .map_err(|e| zip_err(format!("{name}: {e}")))?;
+                Ok(len)
             }
         }
     }
 }
 
-/// Reads at most `max` bytes, pre-allocating no more than the declared length (itself ≤ `max`).
-fn read_capped(reader: impl Read, declared: u64, max: u64) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(declared.min(max) as usize);
-    reader.take(max + 1).read_to_end(&mut buf)?;
+/// Reads at most `head` bytes into `buf`, reserving no more than the declared length.
+fn read_head(
+    reader: impl Read,
+    declared: u64,
+    head: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.reserve(declared.min(head) as usize);
+    reader.take(head).read_to_end(buf).map(|_| ())
+}
+
+/// Reads at most `max` bytes into `buf`, reserving no more than the declared length (itself
+/// ≤ `max`).
+fn read_capped(
+    reader: impl Read,
+    declared: u64,
+    max: u64,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    buf.reserve(declared.min(max) as usize);
+    reader.take(max + 1).read_to_end(buf)?;
     if buf.len() as u64 > max {
         return Err(std::io::Error::other(format!("more than {max} bytes")));
     }
-    Ok(buf)
+    Ok(())
 }
 
 fn origin_name(o: &Origin) -> &str {

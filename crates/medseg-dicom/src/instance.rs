@@ -53,6 +53,55 @@ pub(crate) struct FrameHeader {
     pub intercept: f64,
 }
 
+/// The Image Pixel attributes (group 0028) as the header states them; `None` when absent or not
+/// an integer. They are checked when the pixels are decoded, with errors naming the file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PixelDescription {
+    /// SamplesPerPixel (0028,0002).
+    pub samples_per_pixel: Option<u32>,
+    /// BitsAllocated (0028,0100).
+    pub bits_allocated: Option<u32>,
+    /// BitsStored (0028,0101).
+    pub bits_stored: Option<u32>,
+    /// PixelRepresentation (0028,0103): 0 unsigned, 1 two's complement.
+    pub pixel_representation: Option<u32>,
+}
+
+/// Where a file's uncompressed little-endian PixelData value lies, as the header pass found it:
+/// the decode pass reads these bytes in place instead of parsing the file again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NativePixelData {
+    /// Byte offset of the value in the file.
+    pub offset: usize,
+    /// Length of the value in bytes (as declared, and within the file).
+    pub len: usize,
+    /// Length of the whole file when it was scanned.
+    pub file_len: usize,
+    /// Explicit VR (12-byte element header) rather than implicit VR (8 bytes).
+    pub explicit_vr: bool,
+}
+
+impl NativePixelData {
+    /// The PixelData value, when `bytes` still hold the file as scanned: same length, and the
+    /// element header (tag (7FE0,0010) and the 4-byte length) right before the value.
+    pub fn value<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+        if bytes.len() != self.file_len {
+            return None;
+        }
+        let header_len = if self.explicit_vr { 12 } else { 8 };
+        let header = bytes.get(self.offset.checked_sub(header_len)?..self.offset)?;
+        let tag_ok = header[..4] == [0xE0, 0x7F, 0x10, 0x00];
+        let len_ok = header[header_len - 4..] == (self.len as u32).to_le_bytes();
+        if !(tag_ok && len_ok) {
+            return None;
+        }
+        bytes.get(self.offset..self.offset.checked_add(self.len)?)
+    }
+}
+
+/// Transfer syntaxes whose PixelData is read in place: implicit and explicit VR little endian.
+const NATIVE_LITTLE_ENDIAN: [&str; 2] = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"];
+
 /// The header of one image file.
 #[derive(Debug, Clone)]
 pub(crate) struct Instance {
@@ -75,6 +124,11 @@ pub(crate) struct Instance {
     pub slice_thickness: Option<f64>,
     pub frames: Vec<FrameHeader>,
     pub patient: PatientStudy,
+    /// The Image Pixel attributes.
+    pub pixels: PixelDescription,
+    /// Where the pixel bytes lie, for uncompressed little-endian files whose PixelData is a
+    /// top-level element of defined length; `None` for every other file (decoded by dicom-rs).
+    pub native: Option<NativePixelData>,
 }
 
 impl Instance {
@@ -94,6 +148,17 @@ pub(crate) enum Parsed {
     Image(Box<Instance>),
     /// Not DICOM, DICOMDIR, or DICOM without pixel data (reports, presentation states, …).
     Skipped,
+    /// The bytes were the start of a file and its header goes on past them: read it whole.
+    NeedWhole,
+}
+
+/// What the lazy walk over a data set found.
+#[derive(Debug, Clone, Copy, Default)]
+struct Walk {
+    /// The top-level PixelData element was reached (every element before it was checked).
+    reached_pixel_data: bool,
+    /// Where its value lies, for uncompressed little endian.
+    native: Option<NativePixelData>,
 }
 
 /// True when the bytes carry the DICOM Part 10 signature (`DICM` at 128, or at 0 without preamble).
@@ -103,16 +168,22 @@ pub(crate) fn has_dicom_magic(bytes: &[u8]) -> bool {
 
 /// Parses a whole file (pixel data included).
 pub(crate) fn parse_full(bytes: &[u8], file: &str) -> Result<DefaultDicomObject> {
-    open(bytes, file, false)
+    let start = preamble_len(bytes);
+    check_declared_lengths(bytes, start, file, bytes.len() as u64)?;
+    parse(bytes, start, file, OpenFileOptions::new())
 }
 
-fn open(bytes: &[u8], file: &str, header_only: bool) -> Result<DefaultDicomObject> {
-    let mut opts = OpenFileOptions::new();
-    if header_only {
-        opts = opts.read_until(tags::PIXEL_DATA);
-    }
-    let start = if bytes.get(128..132) == Some(b"DICM") { 128 } else { 0 };
-    check_declared_lengths(bytes, start, file)?;
+/// 128 when the bytes start with the Part 10 preamble (`DICM` at 128), else 0.
+fn preamble_len(bytes: &[u8]) -> usize {
+    if bytes.get(128..132) == Some(b"DICM") { 128 } else { 0 }
+}
+
+fn parse(
+    bytes: &[u8],
+    start: usize,
+    file: &str,
+    opts: OpenFileOptions,
+) -> Result<DefaultDicomObject> {
     opts.read_preamble(dicom_object::file::ReadPreamble::Never)
         .from_reader(&bytes[start..])
         .map_err(|e| Error::Parse { file: file.to_string(), message: e.to_string() })
@@ -122,27 +193,37 @@ fn open(bytes: &[u8], file: &str, header_only: bool) -> Result<DefaultDicomObjec
 /// declared length is larger than the whole file: dicom-rs allocates a value's declared length
 /// before reading it, so a 4 GiB length in a 4 KiB file would otherwise cost 4 GiB.
 /// A walk that fails for another reason is left to the real parser to report.
-fn check_declared_lengths(bytes: &[u8], start: usize, file: &str) -> Result<()> {
+///
+/// `total` is the whole file's length; `bytes` may be only its start (the walk then stops where
+/// they end). On the way it notes whether the top-level PixelData element was reached and where
+/// its value lies, when it has a defined length in an uncompressed little-endian transfer syntax.
+fn check_declared_lengths(bytes: &[u8], start: usize, file: &str, total: u64) -> Result<Walk> {
+    use dicom_core::header::Header;
     use dicom_encoding::TransferSyntaxIndex;
     use dicom_parser::dataset::LazyDataToken;
     use dicom_parser::dataset::lazy_read::LazyDataSetReader;
-    let total = bytes.len() as u64;
+    use dicom_parser::stateful::decode::StatefulDecode;
     let too_long = |len: u64| Error::Limit {
         file: file.to_string(),
         message: format!("an element declares {len} bytes but the file has {total}"),
     };
     let mut cursor = std::io::Cursor::new(&bytes[start..]);
-    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut cursor) else { return Ok(()) };
+    let mut walk = Walk::default();
+    let Ok(meta) = dicom_object::FileMetaTable::from_reader(&mut cursor) else { return Ok(walk) };
     let Some(ts) =
         dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(meta.transfer_syntax())
     else {
-        return Ok(());
+        return Ok(walk);
     };
     if ts.uid() == "1.2.840.10008.1.2.1.99" {
         // Deflated data set: the lazy reader does not inflate it.
-        return Ok(());
+        return Ok(walk);
     }
-    let Ok(mut reader) = LazyDataSetReader::new_with_ts(cursor, ts) else { return Ok(()) };
+    let in_place = NATIVE_LITTLE_ENDIAN.contains(&ts.uid());
+    let explicit_vr = ts.uid() != NATIVE_LITTLE_ENDIAN[0];
+    let Ok(mut reader) = LazyDataSetReader::new_with_ts(cursor, ts) else { return Ok(walk) };
+    // Nesting depth: PixelData counts only at the top level of the data set.
+    let mut depth = 0usize;
     while let Some(Ok(token)) = reader.advance() {
         let len = match &token {
             LazyDataToken::ElementHeader(h) => h.length().get().map(u64::from),
@@ -156,24 +237,59 @@ fn check_declared_lengths(bytes: &[u8], start: usize, file: &str) -> Result<()> 
         if let Some(len) = len.filter(|&l| l > total) {
             return Err(too_long(len));
         }
+        match &token {
+            LazyDataToken::PixelSequenceStart => {
+                walk.reached_pixel_data |= depth == 0;
+                depth += 1;
+            }
+            LazyDataToken::SequenceStart { .. } => depth += 1,
+            LazyDataToken::SequenceEnd => depth = depth.saturating_sub(1),
+            LazyDataToken::LazyValue { header, decoder }
+                if depth == 0 && header.tag() == tags::PIXEL_DATA =>
+            {
+                walk.reached_pixel_data = true;
+                if let Some(len) = header.length().get().filter(|_| in_place) {
+                    let offset = start as u64 + decoder.position();
+                    let end = offset + u64::from(len);
+                    if end <= total {
+                        walk.native = Some(NativePixelData {
+                            offset: offset as usize,
+                            len: len as usize,
+                            file_len: total as usize,
+                            explicit_vr,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
         if token.skip().is_err() {
-            return Ok(());
+            return Ok(walk);
         }
     }
-    Ok(())
+    Ok(walk)
 }
 
-/// Parses the header of one file. Non-DICOM bytes and non-image objects are [`Parsed::Skipped`];
-/// a file with the DICOM signature that does not parse is an error naming it.
+/// Parses the header of one file from `bytes`, the whole file or its first bytes (`total` is the
+/// file's length). Non-DICOM bytes and non-image objects are [`Parsed::Skipped`]; a file with the
+/// DICOM signature that does not parse is an error naming it; when `bytes` end before the
+/// header does (PixelData not reached), [`Parsed::NeedWhole`].
 pub(crate) fn parse_header(
     bytes: &[u8],
+    total: u64,
     origin: crate::input::Origin,
     file: &str,
 ) -> Result<Parsed> {
     if !has_dicom_magic(bytes) {
         return Ok(Parsed::Skipped);
     }
-    let obj = open(bytes, file, true)?;
+    let start = preamble_len(bytes);
+    let walk = check_declared_lengths(bytes, start, file, total)?;
+    if (bytes.len() as u64) < total && !walk.reached_pixel_data {
+        return Ok(Parsed::NeedWhole);
+    }
+    let native = walk.native;
+    let obj = parse(bytes, start, file, OpenFileOptions::new().read_until(tags::PIXEL_DATA))?;
     let meta = obj.meta();
     let sop_class_uid = trim(&meta.media_storage_sop_class_uid);
     if sop_class_uid == MEDIA_STORAGE_DIRECTORY || obj.get(tags::ROWS).is_none() {
@@ -325,6 +441,16 @@ pub(crate) fn parse_header(
         slice_thickness,
         frames,
         patient,
+        pixels: PixelDescription {
+            samples_per_pixel: a.u32(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel").ok().flatten(),
+            bits_allocated: a.u32(tags::BITS_ALLOCATED, "BitsAllocated").ok().flatten(),
+            bits_stored: a.u32(tags::BITS_STORED, "BitsStored").ok().flatten(),
+            pixel_representation: a
+                .u32(tags::PIXEL_REPRESENTATION, "PixelRepresentation")
+                .ok()
+                .flatten(),
+        },
+        native,
     })))
 }
 

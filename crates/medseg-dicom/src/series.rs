@@ -1,12 +1,19 @@
-//! Scanning an input: every file's header is read once (pixel data skipped), images are grouped by
-//! SeriesInstanceUID, each series is summarised, and one is chosen by a documented rule.
+//! Scanning an input: every file's header is read once (pixel data skipped, files in parallel),
+//! images are grouped by SeriesInstanceUID, each series is summarised, and one is chosen by a
+//! documented rule.
 use std::collections::BTreeMap;
 use std::path::Path;
+
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::geometry::{SliceKey, build_grid};
 use crate::input::{Input, Limits};
 use crate::instance::{Instance, Parsed, parse_header};
+
+/// Bytes read from the start of each file in the header pass: a CT slice's header is a few KiB;
+/// longer headers (enhanced multi-frame files) are read whole.
+pub(crate) const HEADER_BYTES: u64 = 64 << 10;
 
 /// One series of the input, as `medseg convert --list` prints it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -55,16 +62,43 @@ impl Scan {
     /// Files that are not DICOM, DICOMDIR and DICOM objects without pixel data are skipped and
     /// counted; a file with the DICOM signature that does not parse is an error naming it.
     pub fn open(path: impl AsRef<Path>, limits: Limits) -> Result<Scan> {
-        let mut input = Input::open(path, limits)?;
+        let input = Input::open(path, limits)?;
         let origins = input.files().to_vec();
+        // Headers are parsed in parallel (each thread reuses one read buffer); the results keep
+        // file order, so the first error in file order is the one reported. Only the start of
+        // each file is read, unless its header goes on past it.
+        let parsed: Vec<Result<Parsed>> = origins
+            .par_iter()
+            .map_init(Vec::new, |buf, origin| {
+                let file = input.display(origin);
+                let declared = input.read_head_into(origin, buf, HEADER_BYTES)?;
+                let held = buf.len() as u64;
+                // Fewer bytes than asked for: the whole file. Else the rest is only read when the
+                // header goes on past these bytes, or when the declared length (a zip entry's
+                // size) does not even cover them.
+                let parsed = if held < HEADER_BYTES {
+                    parse_header(buf, held, origin.clone(), &file)?
+                } else if declared > held {
+                    parse_header(buf, declared, origin.clone(), &file)?
+                } else {
+                    Parsed::NeedWhole
+                };
+                match parsed {
+                    Parsed::NeedWhole => {
+                        input.read_into(origin, buf)?;
+                        parse_header(buf, buf.len() as u64, origin.clone(), &file)
+                    }
+                    parsed => Ok(parsed),
+                }
+            })
+            .collect();
         let mut instances = Vec::new();
         let mut skipped = 0;
-        for origin in &origins {
-            let file = input.display(origin);
-            let bytes = input.read(origin)?;
-            match parse_header(&bytes, origin.clone(), &file)? {
+        for parsed in parsed {
+            match parsed? {
                 Parsed::Image(inst) => instances.push(*inst),
-                Parsed::Skipped => skipped += 1,
+                // NeedWhole is not returned for a whole file (above): counted as skipped.
+                Parsed::Skipped | Parsed::NeedWhole => skipped += 1,
             }
         }
         if instances.is_empty() {

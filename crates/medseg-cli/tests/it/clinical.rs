@@ -1,6 +1,7 @@
 //! `medseg predict`'s clinical flags end to end on a tiny random-weight run: statistics
 //! (JSON/CSV, per case in folder mode), `--roi-subset` (and its unknown-name error),
-//! `--largest-component` / `--remove-small`, `--preview`, DICOM input and DICOM SEG output.
+//! `--largest-component` / `--remove-small`, `--preview`, DICOM input and DICOM SEG output (validated
+//! by `dciodvfy` where dicom3tools is installed).
 use std::path::{Path, PathBuf};
 
 use medseg_data::{Volume, read_volume, write_volume};
@@ -204,4 +205,47 @@ fn a_dicom_series_is_predicted_on_its_grid_and_written_as_seg() {
         "dicom-seg",
     ]);
     assert!(err.contains("needs a DICOM input"), "{err}");
+}
+
+/// `dciodvfy` (dicom3tools) on the DICOM SEG that `medseg predict` writes from a DICOM series:
+/// single-frame axial and oblique sources and an enhanced multi-frame source, classes with SNOMED
+/// codes, a laterality modifier and a generic one. No line of its report may be an error.
+/// Skipped, with the reason printed, when dciodvfy is not installed.
+#[test]
+fn a_predicted_dicom_seg_passes_dciodvfy() {
+    if std::process::Command::new("dciodvfy").arg("-help").output().is_err() {
+        println!("skipped: dciodvfy (Debian package dicom3tools) is not installed");
+        return;
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../medseg-dicom/tests/fixtures");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = make_run(tmp.path(), 5, 11);
+    // Class names as a run records them (its metrics.csv columns).
+    let header = "step,dice_liver,dice_kidney_left,dice_aorta,dice_something_else\n";
+    std::fs::write(run.join("metrics.csv"), header).expect("metrics.csv");
+    for case in ["axial", "oblique", "multiframe.dcm"] {
+        let seg = tmp.path().join(format!("{case}.seg.dcm"));
+        let log = medseg_ok(&[
+            "predict",
+            "-i",
+            s(&fixtures.join(case)),
+            "-o",
+            s(&seg),
+            "--model",
+            s(&run),
+            "--output-type",
+            "dicom-seg",
+        ]);
+        assert!(log.contains("DICOM SEG") && log.contains("segments"), "{case}: {log}");
+        let out = std::process::Command::new("dciodvfy").arg(&seg).output().expect("dciodvfy");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+        assert!(errors.is_empty(), "{case}: dciodvfy errors:\n{report}");
+        let warnings = report.lines().filter(|l| l.starts_with("Warning")).count();
+        println!("{case}: dciodvfy 0 errors, {warnings} warnings");
+    }
 }
