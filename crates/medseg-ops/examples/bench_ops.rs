@@ -4,7 +4,10 @@
 //! GB/s for memory-bound ops) and writes them as JSON (`--out`, default `target/bench/ops.json`).
 //! `tools/bench/ops_torch.py --rust-json <file>` times the same cases in PyTorch and prints ratios.
 //! Run through `cargo xtask bench ops` (release build). `--quick` uses one repetition,
-//! `--filter S` keeps cases whose op name contains S, `--no-tune` skips `tune_allocator()`.
+//! `--filter S` keeps cases whose op name contains S, `--no-tune` skips `tune_allocator()`,
+//! `--fwd-only` skips the forward+backward timing. The `cpu` column is the forward's rate per
+//! second of process CPU time divided by the thread count (from `/proc/self/stat`): on a machine
+//! shared with other jobs it tracks the kernels' efficiency where wall time cannot.
 use std::time::Instant;
 
 use candle::{Device, Result, Tensor, Var};
@@ -138,6 +141,16 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Process CPU time (user + system, all threads) in seconds, from `/proc/self/stat`; 0 elsewhere.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -148,6 +161,7 @@ fn main() -> Result<()> {
     // `--no-tune` measures what the glibc malloc tunables buy (fresh-page first touch).
     let tuned = !args.iter().any(|a| a == "--no-tune") && medseg_ops::tune_allocator();
     let quick = args.iter().any(|a| a == "--quick");
+    let fwd_only = args.iter().any(|a| a == "--fwd-only");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -159,8 +173,8 @@ fn main() -> Result<()> {
     let threads = rayon::current_num_threads();
     println!("medseg-ops bench: {threads} threads, allocator tuned: {tuned}, {reps} reps (median)");
     println!(
-        "{:<30} {:<20} {:>10} {:>12} {:>12} {:>8}",
-        "op", "shape", "fwd ms", "fwd+bwd ms", "fwd rate", "bwd/fwd"
+        "{:<30} {:<20} {:>10} {:>12} {:>12} {:>8} {:>16}",
+        "op", "shape", "fwd ms", "fwd+bwd ms", "fwd rate", "bwd/fwd", "cpu rate"
     );
     let mut rows = Vec::new();
     for case in cases() {
@@ -176,44 +190,50 @@ fn main() -> Result<()> {
         // Warm-up (allocator, page faults of the first run, rayon pool).
         (case.run)(&inputs)?;
         let mut fwd = Vec::new();
+        let cpu0 = cpu_seconds();
         for _ in 0..reps {
             let t = Instant::now();
             let y = (case.run)(&inputs)?;
             fwd.push(t.elapsed().as_secs_f64());
             drop(y);
         }
+        let cpu = (cpu_seconds() - cpu0) / (reps * threads) as f64;
         let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
         let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let mut fb = Vec::new();
-        for _ in 0..reps {
+        for _ in 0..if fwd_only { 0 } else { reps } {
             let t = Instant::now();
             let y = (case.run)(&vt)?;
             let grads = y.sum_all()?.backward()?;
             fb.push(t.elapsed().as_secs_f64());
             drop(grads);
         }
-        let (f, b) = (median(fwd), median(fb));
-        let rate = if case.flops > 0.0 {
-            format!("{:.1} GFLOP/s", case.flops / f / 1e9)
-        } else {
-            format!("{:.2} GB/s", case.bytes / f / 1e9)
+        let (f, b) = (median(fwd), if fwd_only { f64::NAN } else { median(fb) });
+        let rate_of = |s: f64| {
+            if case.flops > 0.0 {
+                format!("{:.1} GFLOP/s", case.flops / s / 1e9)
+            } else {
+                format!("{:.2} GB/s", case.bytes / s / 1e9)
+            }
         };
         println!(
-            "{:<30} {:<20} {:>10.1} {:>12.1} {:>12} {:>8.2}",
+            "{:<30} {:<20} {:>10.1} {:>12.1} {:>12} {:>8.2} {:>16}",
             case.name,
             case.shape,
             f * 1e3,
             b * 1e3,
-            rate,
-            (b - f) / f
+            rate_of(f),
+            (b - f) / f,
+            rate_of(cpu)
         );
         rows.push(serde_json::json!({
             "op": case.name,
             "shape": case.shape,
             "inputs": case.inputs,
             "fwd_ms": f * 1e3,
-            "fwd_bwd_ms": b * 1e3,
-            "bwd_over_fwd": (b - f) / f,
+            "fwd_bwd_ms": if fwd_only { None } else { Some(b * 1e3) },
+            "bwd_over_fwd": if fwd_only { None } else { Some((b - f) / f) },
+            "fwd_cpu_s_per_thread": cpu,
             "gflops": if case.flops > 0.0 { Some(case.flops / f / 1e9) } else { None },
             "gbps": if case.flops > 0.0 { None } else { Some(case.bytes / f / 1e9) },
         }));

@@ -247,7 +247,17 @@ impl ConvGeom {
 }
 
 /// `y = W ⋆ x`: `x` `[N, Ci, img]`, `w` `[Co, Ci/g, K]` → `y` `[N, Co, out]`.
+///
+/// The direct AVX-512 kernel of `direct.rs` where it applies, else tiled im2col + GEMM.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(y) = super::direct::forward(g, x, w) {
+        return y;
+    }
+    forward_im2col(g, x, w)
+}
+
+/// [`forward`] through tiled im2col + GEMM (every geometry).
+pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
     let (img_len, out_len) = (g.img_len(), g.out_len());
     let tiles = g.tiles(TILE_POSITIONS);

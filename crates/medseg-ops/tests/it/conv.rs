@@ -47,6 +47,62 @@ fn conv3d_fast_matches_reference() {
     }
 }
 
+/// Geometries the direct AVX-512 kernel serves on CPUs that have it (W stride 1, one group, rows of
+/// ≥ 16 outputs): partial vectors, tiles spanning rows, W padding masks, dilation, D/H stride, 1×1.
+fn direct_cases() -> Vec<Case<Conv3dConfig>> {
+    vec![
+        (
+            "direct k3 p1, W 37",
+            [2, 3, 3, 4, 37],
+            [5, 3, 3, 3, 3],
+            Conv3dConfig::uniform(1, 1),
+            false,
+        ),
+        (
+            "direct k3 p1, W 16, 9 co",
+            [1, 4, 2, 3, 16],
+            [9, 4, 3, 3, 3],
+            Conv3dConfig::uniform(1, 1),
+            true,
+        ),
+        (
+            "direct dilation 2, pad 2, D/H stride 2",
+            [1, 2, 6, 5, 20],
+            [3, 2, 3, 2, 3],
+            Conv3dConfig { stride: [2, 2, 1], padding: [2, 1, 2], dilation: [2, 1, 2], groups: 1 },
+            true,
+        ),
+        ("direct k1, W 24", [1, 6, 2, 2, 24], [7, 6, 1, 1, 1], Conv3dConfig::default(), true),
+        (
+            "direct k3 no pad, W 18",
+            [1, 2, 3, 3, 20],
+            [4, 2, 3, 3, 3],
+            Conv3dConfig::default(),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn conv3d_direct_geometries_match_reference() {
+    for (i, (name, xs, ws, cfg, with_bias)) in direct_cases().into_iter().enumerate() {
+        let s = 300 + 10 * i as u64;
+        let mut inputs = vec![rand(&xs, s), rand(&ws, s + 1)];
+        if with_bias {
+            inputs.push(rand(&[ws[0]], s + 2));
+        }
+        let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+        let reference = |t: &[Tensor]| conv3d_reference(&t[0], &t[1], t.get(2), &cfg);
+        check_fast_vs_reference(name, &fast, &reference, &inputs, 2e-5);
+    }
+    // Finite differences through the direct kernel (forward, and the data gradient, which runs
+    // as a forward convolution with the flipped weight).
+    let cfg = Conv3dConfig::uniform(1, 1);
+    let inputs = [rand(&[1, 2, 2, 2, 17], 41), rand(&[2, 2, 3, 3, 3], 42), rand(&[2], 43)];
+    let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+    check_finite_differences("conv3d direct f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+}
+
 fn transpose_cases() -> Vec<Case<ConvTranspose3dConfig>> {
     vec![
         ("k2 s2 up", [2, 4, 3, 4, 2], [4, 3, 2, 2, 2], ConvTranspose3dConfig::uniform(2), false),
@@ -165,4 +221,19 @@ fn conv_rejects_bad_arguments() {
         err(conv_transpose3d(&x, &rand(&[3, 2, 2, 2, 2], 2), None, &t)).contains("weight"),
         "transposed weight must be [Ci, Co/g, k…]"
     );
+}
+
+/// At the channel counts of the models (reductions longer than one 512-long chunk), the direct
+/// kernel agrees with the im2col + GEMM path (it uses `gemm`'s k-chunks, so on CPUs where `gemm`
+/// blocks k by 512 the two agree bit for bit; the tolerance covers other cache geometries).
+#[test]
+fn conv3d_direct_matches_im2col_path_at_model_widths() {
+    for (ci, co, sz) in [(24, 12, 20), (48, 24, 16), (96, 48, 16), (20, 8, 17)] {
+        let cfg = Conv3dConfig::uniform(1, 1);
+        let x = rand(&[1, ci, 4, 5, sz], ci as u64);
+        let w = rand(&[co, ci, 3, 3, 3], co as u64);
+        let direct = conv3d(&x, &w, None, &cfg).unwrap();
+        let im2col = medseg_ops::conv3d_im2col(&x, &w, None, &cfg).unwrap();
+        medseg_testkit::assert_close(&format!("{ci}->{co}"), &direct, &im2col, 1e-5, 1e-5);
+    }
 }
