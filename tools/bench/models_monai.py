@@ -4,7 +4,8 @@
 
 Each configuration runs in a fresh child process (peak RSS = ru_maxrss of that child), with
 torch.set_num_threads(2), batch 1, f32, random weights; "fwd" runs under torch.no_grad() in eval
-mode, "train" runs forward + backward of mean(out**2). Ratios > 1 mean medseg is faster/smaller.
+mode, "train" runs forward + backward of mean(out**2), "bf16" runs "fwd" under
+torch.autocast("cpu", dtype=torch.bfloat16) (PyTorch's own CPU bf16 path, oneDNN). Ratios > 1 mean medseg is faster/smaller.
 """
 
 import argparse
@@ -29,6 +30,10 @@ def child(fs: int, size: int, mode: str, reps: int):
         if mode == "fwd":
             model.eval()
             with torch.no_grad():
+                model(x)
+        elif mode == "bf16":
+            model.eval()
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
                 model(x)
         else:
             model.train()

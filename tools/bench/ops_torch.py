@@ -29,9 +29,18 @@ def qkv_attention(qkv, bias):
     return (attn @ v).transpose(1, 2).reshape(b, n, c3 // 3)
 
 
+def autocast_bf16(fn):
+    """fn under PyTorch's CPU autocast to bf16 (oneDNN bf16 kernels), output back in f32."""
+    def run(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(*args).float()
+    return run
+
+
 def case_fn(op):
     return {
         "conv3d k3 s1 p1": lambda x, w: F.conv3d(x, w, None, 1, 1),
+        "conv3d k3 s1 p1 (bf16)": autocast_bf16(lambda x, w: F.conv3d(x, w, None, 1, 1)),
         "conv3d k2 s2 (patch embed)": lambda x, w, b: F.conv3d(x, w, b, 2, 0),
         "conv_transpose3d k2 s2": lambda x, w: F.conv_transpose3d(x, w, None, 2),
         "instance_norm3d": lambda x: F.instance_norm(x, eps=1e-5),

@@ -3,6 +3,8 @@
 //!
 //! `cargo run --release -p medseg-models --example bench_models -- --out target/bench/models.json
 //!  [--configs fs12@64:fwd,fs12@64:train,...] [--reps 3]`
+//! Mode `bf16` is the inference forward with `Precision::Bf16` (bf16 convolution products on CPUs
+//! with AVX-512 BF16); the MONAI side times it under `torch.autocast("cpu", torch.bfloat16)`.
 //! Writes a JSON array of `{fs, size, mode, median_s, times_s, peak_rss_mb}`;
 //! `tools/bench/models_monai.py --rust-json PATH` times MONAI on the same list.
 use std::path::PathBuf;
@@ -21,9 +23,9 @@ fn parse_spec(spec: &str) -> anyhow::Result<(usize, usize, String)> {
     let (fs, size) = model
         .strip_prefix("fs")
         .and_then(|m| m.split_once('@'))
-        .ok_or_else(|| anyhow::anyhow!("bad config {spec:?}: expected fsN@S[:fwd|train]"))?;
-    if mode != "fwd" && mode != "train" {
-        anyhow::bail!("bad mode {mode:?} in {spec:?}: expected fwd or train")
+        .ok_or_else(|| anyhow::anyhow!("bad config {spec:?}: expected fsN@S[:fwd|train|bf16]"))?;
+    if !["fwd", "train", "bf16"].contains(&mode) {
+        anyhow::bail!("bad mode {mode:?} in {spec:?}: expected fwd, train or bf16")
     }
     Ok((fs.parse()?, size.parse()?, mode.to_string()))
 }
@@ -36,7 +38,7 @@ fn child(spec: &str, reps: usize) -> anyhow::Result<()> {
     let varmap = VarMap::new();
     let model = SwinUnetr::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
     // Inference runs on detached weights so no autograd graph keeps activations alive.
-    let model = if mode == "fwd" {
+    let model = if mode != "train" {
         SwinUnetr::new(&cfg, medseg_models::frozen_var_builder(&varmap)?)?
     } else {
         model
@@ -45,7 +47,11 @@ fn child(spec: &str, reps: usize) -> anyhow::Result<()> {
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
-        let out = model.forward_t(&x, mode == "train")?;
+        let out = if mode == "bf16" {
+            medseg_ops::with_precision(medseg_ops::Precision::Bf16, || model.forward_t(&x, false))?
+        } else {
+            model.forward_t(&x, mode == "train")?
+        };
         if mode == "train" {
             let g = out.sqr()?.mean_all()?.backward()?;
             drop(g);

@@ -12,9 +12,9 @@ use std::time::Instant;
 
 use candle::{Device, Result, Tensor, Var};
 use medseg_ops::{
-    Conv3dConfig, ConvTranspose3dConfig, InterpolationMode, Resize, conv_transpose3d, conv3d, gelu,
-    instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
-    window_attention_qkv,
+    Conv3dConfig, ConvTranspose3dConfig, InterpolationMode, Precision, Resize, conv_transpose3d,
+    conv3d, gelu, instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
+    window_attention_qkv, with_precision,
 };
 use medseg_testkit::random_tensor;
 
@@ -55,6 +55,27 @@ fn cases() -> Vec<Case> {
             flops: conv_flops(96, 96, 3, 48 * 48 * 48),
             bytes: 0.0,
             run: Box::new(move |t| conv3d(&t[0], &t[1], None, &c3)),
+        },
+        Case {
+            // bf16 operands, f32 accumulation (AVX-512 BF16); PyTorch side: CPU autocast bf16.
+            name: "conv3d k3 s1 p1 (bf16)",
+            shape: "1x48x96^3 -> 48".into(),
+            inputs: vec![vec![1, 48, 96, 96, 96], vec![48, 48, 3, 3, 3]],
+            flops: conv_flops(48, 48, 3, 96 * 96 * 96),
+            bytes: 0.0,
+            run: Box::new(move |t| {
+                with_precision(Precision::Bf16, || conv3d(&t[0], &t[1], None, &c3))
+            }),
+        },
+        Case {
+            name: "conv3d k3 s1 p1 (bf16)",
+            shape: "1x96x48^3 -> 96".into(),
+            inputs: vec![vec![1, 96, 48, 48, 48], vec![96, 96, 3, 3, 3]],
+            flops: conv_flops(96, 96, 3, 48 * 48 * 48),
+            bytes: 0.0,
+            run: Box::new(move |t| {
+                with_precision(Precision::Bf16, || conv3d(&t[0], &t[1], None, &c3))
+            }),
         },
         Case {
             name: "conv3d k2 s2 (patch embed)",

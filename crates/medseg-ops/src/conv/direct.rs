@@ -12,6 +12,11 @@
 //! broadcasts `MR` weights from a panel packed once per call (`[Co/MR][Ci][K][MR]`; ≈ 0.1 % of
 //! the convolution's time at 48 channels). The accumulation order is fixed (input channels, then
 //! taps, in index order), so results do not depend on the thread count.
+//!
+//! The bf16 twin ([`forward_bf16`], for `Precision::Bf16`) runs the same tiles on channel pairs:
+//! the image is converted once per call to 32-bit words holding two channels' bf16 values, the
+//! weights to pair panels, and each `vdpbf16ps` adds two channels' products per lane in f32 —
+//! twice the multiply-adds of an f32 FMA per instruction.
 use rayon::prelude::*;
 
 use super::cpu::ConvGeom;
@@ -214,6 +219,112 @@ fn forward_avx512(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
+/// f32 → bf16 bits, rounded to nearest even (NaN stays a quiet NaN).
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    if v.is_nan() { 0x7fc0 } else { rounded }
+}
+
+/// Channels `[C][len]` (f32) → channel pairs `[⌈C/2⌉][len]`, each element one 32-bit word
+/// holding channel `2j` (low half) and `2j + 1` (high half, 0 past `C`) in bf16: the operand
+/// layout of `vdpbf16ps`, which sums the products of the two halves into one f32 lane.
+fn pair_channels(x: &[f32], c: usize, len: usize) -> Vec<u32> {
+    let mut out = vec![0u32; c.div_ceil(2) * len];
+    out.par_chunks_mut(len.max(1)).enumerate().for_each(|(j, o)| {
+        let lo = &x[2 * j * len..(2 * j + 1) * len];
+        if 2 * j + 1 < c {
+            let hi = &x[(2 * j + 1) * len..(2 * j + 2) * len];
+            for ((o, &a), &b) in o.iter_mut().zip(lo).zip(hi) {
+                *o = bf16_bits(a) | (bf16_bits(b) << 16);
+            }
+        } else {
+            for (o, &a) in o.iter_mut().zip(lo) {
+                *o = bf16_bits(a);
+            }
+        }
+    });
+    out
+}
+
+/// `w` `[Co, Ci, K]` → bf16 pair panels `[⌈Co/MR⌉][⌈Ci/2⌉][K][MR]` (zeros past `Co` and `Ci`).
+fn pack_weights_bf16(g: &ConvGeom, w: &[f32]) -> Vec<u32> {
+    let (ci, co, kvol) = (g.ci, g.co, g.k.iter().product::<usize>());
+    let ci2 = ci.div_ceil(2);
+    let mut p = vec![0u32; co.div_ceil(MR) * ci2 * kvol * MR];
+    for o in 0..co {
+        let (b, m) = (o / MR, o % MR);
+        for c in 0..ci {
+            for t in 0..kvol {
+                let at = ((b * ci2 + c / 2) * kvol + t) * MR + m;
+                p[at] |= bf16_bits(w[(o * ci + c) * kvol + t]) << (16 * (c % 2));
+            }
+        }
+    }
+    p
+}
+
+/// [`forward`] with bf16 operands and f32 accumulation (AVX-512 BF16 `vdpbf16ps`), or `None`
+/// where [`applies`] does not hold or the CPU lacks AVX-512 BF16.
+pub(crate) fn forward_bf16(g: &ConvGeom, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
+    if !applies(g) || !crate::precision::bf16_dot_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        Some(forward_avx512_bf16(g, x, w))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (x, w);
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn forward_avx512_bf16(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (img_len, out_len) = (g.img.iter().product::<usize>(), g.out.iter().product::<usize>());
+    let kvol = g.k.iter().product::<usize>();
+    let ci2 = g.ci.div_ceil(2);
+    let packed = pack_weights_bf16(g, w);
+    let xp: Vec<u32> = (0..g.n)
+        .flat_map(|b| {
+            pair_channels(&x[b * g.ci * img_len..(b + 1) * g.ci * img_len], g.ci, img_len)
+        })
+        .collect();
+    let tiles = tiles(g);
+    let nt = tiles.len();
+    let mut y = vec![0f32; g.n * g.co * out_len];
+    let yp = SyncPtr(y.as_mut_ptr());
+    (0..g.n * nt).into_par_iter().for_each_init(Vec::new, |taps: &mut Vec<Tap>, task| {
+        let (b, (vs, nv)) = (task / nt, &tiles[task % nt]);
+        tap_table(g, &vs[..*nv], taps);
+        let xb = &xp[b * ci2 * img_len..(b + 1) * ci2 * img_len];
+        for blk in 0..g.co.div_ceil(MR) {
+            let co0 = blk * MR;
+            let panel = &packed[blk * ci2 * kvol * MR..(blk + 1) * ci2 * kvol * MR];
+            // SAFETY: AVX-512F and AVX-512 BF16 are present (`forward_bf16`); loads and stores
+            // as in `forward_avx512`, on the paired image (one word per position and pair).
+            unsafe {
+                avx512::kernel_bf16(
+                    xb.as_ptr(),
+                    img_len,
+                    ci2,
+                    kvol,
+                    taps,
+                    panel.as_ptr(),
+                    yp.ptr().add((b * g.co + co0) * out_len),
+                    out_len,
+                    &vs[..*nv],
+                    MR.min(g.co - co0),
+                );
+            }
+        }
+    });
+    y
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
@@ -301,5 +412,77 @@ mod avx512 {
                 }
             }
         }
+    }
+
+    /// [`kernel`] on bf16 channel pairs: `acc += W[·, 2j..2j+2, t] · x_pair_j[tap]` by
+    /// `vdpbf16ps` over every pair `j < ci2` and listed tap, then stores `acc` (f32).
+    ///
+    /// # Safety
+    /// AVX-512F and AVX-512 BF16 must be present; `x` holds `ci2` paired images of `img_len`
+    /// words, `panel` `ci2·kvol·MR` words; otherwise as [`kernel`].
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn kernel_bf16(
+        x: *const u32,
+        img_len: usize,
+        ci2: usize,
+        kvol: usize,
+        taps: &[Tap],
+        panel: *const u32,
+        y: *mut f32,
+        out_len: usize,
+        vs: &[Vector],
+        rows: usize,
+    ) {
+        // SAFETY: the caller's contract covers every pointer and the CPU features.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+            for c in 0..ci2 {
+                acc = pair_channel(acc, x.add(c * img_len), panel.add(c * kvol * MR), taps);
+            }
+            for (m, row) in acc.iter().enumerate().take(rows) {
+                for (v, vec) in vs.iter().enumerate() {
+                    let mask = ((1u32 << vec.lanes) - 1) as u16;
+                    _mm512_mask_storeu_ps(y.add(m * out_len + vec.out), mask, row[v]);
+                }
+            }
+        }
+    }
+
+    /// One channel pair of [`kernel_bf16`].
+    ///
+    /// # Safety
+    /// As [`kernel_bf16`], for the pair's image `xc` and panel `wc` (`MR` words per tap).
+    #[inline(always)]
+    unsafe fn pair_channel(
+        mut acc: [[__m512; NV]; MR],
+        xc: *const u32,
+        wc: *const u32,
+        taps: &[Tap],
+    ) -> [[__m512; NV]; MR] {
+        // SAFETY: the caller's contract; `__m512i` and `__m512bh` are both 512-bit vectors.
+        unsafe {
+            for tap in taps {
+                let mut xv =
+                    [_mm512_setzero_ps(); NV].map(|z| std::mem::transmute::<__m512, __m512bh>(z));
+                for v in 0..NV {
+                    let p = xc.wrapping_offset(tap.off[v]) as *const i32;
+                    xv[v] = std::mem::transmute::<__m512i, __m512bh>(_mm512_maskz_loadu_epi32(
+                        tap.mask[v],
+                        p,
+                    ));
+                }
+                let wt = wc.add(tap.t * MR);
+                for m in 0..MR {
+                    let b = std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(
+                        *wt.add(m) as i32
+                    ));
+                    for v in 0..NV {
+                        acc[m][v] = _mm512_dpbf16_ps(acc[m][v], b, xv[v]);
+                    }
+                }
+            }
+        }
+        acc
     }
 }

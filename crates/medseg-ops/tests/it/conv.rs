@@ -1,8 +1,8 @@
 //! conv3d / conv_transpose3d: fast vs reference, finite differences, validation.
 use candle::{DType, Tensor};
 use medseg_ops::{
-    Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_reference, conv3d,
-    conv3d_reference,
+    Conv3dConfig, ConvTranspose3dConfig, Precision, conv_transpose3d, conv_transpose3d_reference,
+    conv3d, conv3d_reference, with_precision,
 };
 
 use crate::{check_fast_vs_reference, check_finite_differences, rand};
@@ -101,6 +101,45 @@ fn conv3d_direct_geometries_match_reference() {
     let inputs = [rand(&[1, 2, 2, 2, 17], 41), rand(&[2, 2, 3, 3, 3], 42), rand(&[2], 43)];
     let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
     check_finite_differences("conv3d direct f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+}
+
+/// bf16 products (`Precision::Bf16`). A bf16 × bf16 product is exact in f32, so with both
+/// operands rounded to bf16 beforehand (candle's cast: round to nearest even, as the kernel
+/// rounds) the kernel must equal the f32 reference up to f32 summation order (2e-5, as the f32
+/// fast path); against the unrounded operands the only extra error is that rounding (≤ 2⁻⁹
+/// relative per operand, summed over Ci·K terms of random sign: ≤ 1e-2 of the output scale here).
+/// Without AVX-512 BF16 the setting must leave the f32 result untouched.
+#[test]
+fn conv3d_bf16_products_match_reference() {
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let mut cases = direct_cases();
+    cases.push((
+        "bf16 odd channels",
+        [1, 5, 3, 3, 20],
+        [6, 5, 3, 3, 3],
+        Conv3dConfig::uniform(1, 1),
+        true,
+    ));
+    for (i, (name, xs, ws, cfg, with_bias)) in cases.into_iter().enumerate() {
+        let s = 500 + 10 * i as u64;
+        let (x, w) = (rand(&xs, s), rand(&ws, s + 1));
+        let b = with_bias.then(|| rand(&[ws[0]], s + 2));
+        let y = with_precision(Precision::Bf16, || conv3d(&x, &w, b.as_ref(), &cfg)).unwrap();
+        if !medseg_ops::bf16_dot_available() {
+            let y32 = conv3d(&x, &w, b.as_ref(), &cfg).unwrap();
+            medseg_testkit::assert_close(name, &y, &y32, 0.0, 0.0);
+            continue;
+        }
+        let on_rounded = conv3d_reference(&round(&x), &round(&w), b.as_ref(), &cfg).unwrap();
+        medseg_testkit::assert_close_on_device(
+            &format!("{name} (rounded operands)"),
+            &y,
+            &on_rounded,
+            2e-5,
+        );
+        let exact = conv3d_reference(&x, &w, b.as_ref(), &cfg).unwrap();
+        medseg_testkit::assert_close_on_device(&format!("{name} (f32 operands)"), &y, &exact, 1e-2);
+    }
 }
 
 fn transpose_cases() -> Vec<Case<ConvTranspose3dConfig>> {
