@@ -16,6 +16,7 @@ use medseg_ops::{
     conv3d, gelu, instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
     window_attention_qkv, with_precision,
 };
+use medseg_testkit::bench::cpu_seconds;
 use medseg_testkit::random_tensor;
 
 type OpFn = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
@@ -160,16 +161,6 @@ fn cases() -> Vec<Case> {
             }),
         },
     ]
-}
-
-/// Process CPU time (user + system, all threads) in seconds, from `/proc/self/stat`; 0 elsewhere.
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
