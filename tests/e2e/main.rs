@@ -111,6 +111,30 @@ fn train_then_predict_then_eval() {
             .expect("medseg predict"),
         "predict",
     );
+    // bf16 convolution products: the same command succeeds and says which precision ran (bf16
+    // with AVX-512 BF16, else f32); an unknown precision is a usage error naming the value.
+    let pred_bf16 = tmp.path().join("pred_bf16");
+    let out = medseg()
+        .args(["predict", "-i", s(&images), "-o", s(&pred_bf16), "--model", s(&run)])
+        .args(["--precision", "bf16"])
+        .output()
+        .expect("medseg predict --precision bf16");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    ok(out, "predict --precision bf16");
+    assert!(err.contains("precision: bf16"), "the run names its precision:\n{err}");
+    assert_eq!(
+        std::fs::read_dir(&pred_bf16).expect("bf16 predictions").count(),
+        val.len(),
+        "one bf16 prediction per validation image"
+    );
+    let bad = medseg()
+        .args(["predict", "-i", s(&images), "-o", s(&pred_bf16), "--model", s(&run)])
+        .args(["--precision", "f16"])
+        .output()
+        .expect("medseg predict --precision f16");
+    assert!(!bad.status.success(), "--precision f16 must fail");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("\"f16\""), "the error names the value");
+
     let report = tmp.path().join("report.json");
     let text = ok(
         medseg()

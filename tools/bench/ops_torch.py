@@ -5,7 +5,10 @@ Usage (after `cargo xtask bench ops`, which calls it when the reference venv exi
 
 Uses the same shapes, the same number of threads as the Rust run and the same statistic
 (median of the repetitions after one warm-up). Writes <rust-json>.torch.json next to it and
-prints a Markdown table (ratio > 1 means medseg is faster).
+prints a Markdown table (ratio > 1 means medseg is faster). The "cpu" columns compare process CPU
+time per thread (time.process_time here, /proc/self/stat on the Rust side), which tracks kernel
+efficiency on a machine shared with other jobs. Cases the Rust run timed with --fwd-only are timed
+forward only here too.
 """
 import argparse
 import json
@@ -26,9 +29,18 @@ def qkv_attention(qkv, bias):
     return (attn @ v).transpose(1, 2).reshape(b, n, c3 // 3)
 
 
+def autocast_bf16(fn):
+    """fn under PyTorch's CPU autocast to bf16 (oneDNN bf16 kernels), output back in f32."""
+    def run(*args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fn(*args).float()
+    return run
+
+
 def case_fn(op):
     return {
         "conv3d k3 s1 p1": lambda x, w: F.conv3d(x, w, None, 1, 1),
+        "conv3d k3 s1 p1 (bf16)": autocast_bf16(lambda x, w: F.conv3d(x, w, None, 1, 1)),
         "conv3d k2 s2 (patch embed)": lambda x, w, b: F.conv3d(x, w, b, 2, 0),
         "conv_transpose3d k2 s2": lambda x, w: F.conv_transpose3d(x, w, None, 2),
         "instance_norm3d": lambda x: F.instance_norm(x, eps=1e-5),
@@ -55,28 +67,37 @@ def main():
         with torch.no_grad():
             fn(*inputs)
             fwd = []
+            cpu0 = time.process_time()
             for _ in range(reps):
                 t = time.perf_counter()
                 fn(*inputs)
                 fwd.append(time.perf_counter() - t)
+            cpu = (time.process_time() - cpu0) / (reps * torch.get_num_threads())
         leaves = [x.clone().requires_grad_(True) for x in inputs]
         fb = []
-        for _ in range(reps):
+        for _ in range(reps if c.get("fwd_bwd_ms") is not None else 0):
             t = time.perf_counter()
             fn(*leaves).sum().backward()
             fb.append(time.perf_counter() - t)
             for x in leaves:
                 x.grad = None
-        f, b = statistics.median(fwd) * 1e3, statistics.median(fb) * 1e3
-        rows.append({**c, "torch_fwd_ms": f, "torch_fwd_bwd_ms": b})
+        f = statistics.median(fwd) * 1e3
+        b = statistics.median(fb) * 1e3 if fb else None
+        rows.append({**c, "torch_fwd_ms": f, "torch_fwd_bwd_ms": b, "torch_fwd_cpu_s_per_thread": cpu})
     print(f"\nPyTorch {torch.__version__}, {torch.get_num_threads()} threads, median of {reps}")
-    print("| op | shape | medseg fwd ms | torch fwd ms | fwd speed-up | medseg fwd+bwd ms | torch fwd+bwd ms | fwd+bwd speed-up | medseg rate |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| op | shape | medseg fwd ms | torch fwd ms | fwd speed-up | fwd cpu-time speed-up | medseg fwd+bwd ms | torch fwd+bwd ms | fwd+bwd speed-up | medseg rate |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rate = f'{r["gflops"]:.1f} GFLOP/s' if r.get("gflops") else f'{r["gbps"]:.2f} GB/s'
+        mc, tc = r.get("fwd_cpu_s_per_thread"), r["torch_fwd_cpu_s_per_thread"]
+        cpu_ratio = f"{tc / mc:.2f}x" if mc else "-"
+        if r["fwd_bwd_ms"] is None or r["torch_fwd_bwd_ms"] is None:
+            fb = "- | - | -"
+        else:
+            fb = (f'{r["fwd_bwd_ms"]:.1f} | {r["torch_fwd_bwd_ms"]:.1f} | '
+                  f'{r["torch_fwd_bwd_ms"] / r["fwd_bwd_ms"]:.2f}x')
         print(f'| {r["op"]} | {r["shape"]} | {r["fwd_ms"]:.1f} | {r["torch_fwd_ms"]:.1f} | '
-              f'{r["torch_fwd_ms"] / r["fwd_ms"]:.2f}x | {r["fwd_bwd_ms"]:.1f} | {r["torch_fwd_bwd_ms"]:.1f} | '
-              f'{r["torch_fwd_bwd_ms"] / r["fwd_bwd_ms"]:.2f}x | {rate} |')
+              f'{r["torch_fwd_ms"] / r["fwd_ms"]:.2f}x | {cpu_ratio} | {fb} | {rate} |')
     out = pathlib.Path(args.rust_json).with_suffix(".torch.json")
     out.write_text(json.dumps({"torch": torch.__version__, "cases": rows}, indent=2))
     print(f"wrote {out}")

@@ -32,6 +32,21 @@ pub struct Args {
     /// Accept checkpoints that lack some parameters (they keep their random initial values).
     #[arg(long)]
     allow_missing: bool,
+    /// Operand precision of the convolution products on CPU: f32, or bf16 (bf16 operands, f32
+    /// accumulation, norms and softmax in f32; needs AVX-512 BF16, else f32 runs).
+    #[arg(long, default_value = "f32")]
+    precision: medseg_ops::Precision,
+}
+
+/// Says on stderr which precision runs (bf16 falls back to f32 without AVX-512 BF16).
+pub(crate) fn report_precision(p: medseg_ops::Precision) {
+    if p == medseg_ops::Precision::Bf16 {
+        if medseg_ops::bf16_dot_available() {
+            eprintln!("precision: bf16 convolution products (AVX-512 BF16), f32 accumulation");
+        } else {
+            eprintln!("precision: bf16 requested, but this CPU lacks AVX-512 BF16: running f32");
+        }
+    }
 }
 
 /// Runs the subcommand.
@@ -85,8 +100,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let x = x.to_dtype(DType::F32)?;
     // Detached weights: no autograd graph, activations are freed as they are consumed.
     let model = SwinUnetr::new(&cfg, medseg_models::frozen_var_builder(&varmap)?)?;
+    report_precision(args.precision);
     let start = std::time::Instant::now();
-    let out = model.forward_t(&x, false).context("forward pass")?;
+    let out = medseg_ops::with_precision(args.precision, || model.forward_t(&x, false))
+        .context("forward pass")?;
     eprintln!("forward {:?} -> {:?} in {:.2?}", x.dims(), out.dims(), start.elapsed());
     write_atomic(&out, &args.output)
 }

@@ -88,6 +88,10 @@ pub struct Args {
     /// CPU threads for the network and the post-processing, ≥ 1 (default: every core).
     #[arg(long = "nr-threads", value_parser = parse_batch)]
     pub nr_threads: Option<usize>,
+    /// Operand precision of the network's convolution products on CPU: f32, or bf16 (bf16
+    /// operands, f32 accumulation, norms and softmax in f32; needs AVX-512 BF16, else f32 runs).
+    #[arg(long, default_value = "f32")]
+    pub precision: medseg_ops::Precision,
     /// Swin UNETR patch-merging order: legacy (MONAI < 1.5: every published BTCV/SSL/Swin SMT
     /// checkpoint), fixed (MONAI ≥ 1.5 "merging"), v2 ("mergingv2"). Default: the config's
     /// `merge_order`, else the weights' metadata, else the model's default.
@@ -225,6 +229,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let p = Predictor::new(loaded, device, opts);
     eprintln!("{}", p.window_summary());
+    crate::forward::report_precision(args.precision);
     // Folder mode: the jobs' inputs are the files of the input folder (a DICOM folder is one job).
     let folder = jobs.iter().any(|j| j.input != args.input);
     let display = Display {
@@ -238,7 +243,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut failed = Vec::new();
     for job in &jobs {
         display.cases.set_message(case_id(&job.input));
-        let r = p.predict(job, &display);
+        let r = medseg_ops::with_precision(args.precision, || p.predict(job, &display));
         if let Some(w) = &display.windows {
             w.finish_and_clear();
         }

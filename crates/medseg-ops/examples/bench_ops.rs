@@ -4,15 +4,19 @@
 //! GB/s for memory-bound ops) and writes them as JSON (`--out`, default `target/bench/ops.json`).
 //! `tools/bench/ops_torch.py --rust-json <file>` times the same cases in PyTorch and prints ratios.
 //! Run through `cargo xtask bench ops` (release build). `--quick` uses one repetition,
-//! `--filter S` keeps cases whose op name contains S, `--no-tune` skips `tune_allocator()`.
+//! `--filter S` keeps cases whose op name contains S, `--no-tune` skips `tune_allocator()`,
+//! `--fwd-only` skips the forward+backward timing. The `cpu` column is the forward's rate per
+//! second of process CPU time divided by the thread count (from `/proc/self/stat`): on a machine
+//! shared with other jobs it tracks the kernels' efficiency where wall time cannot.
 use std::time::Instant;
 
 use candle::{Device, Result, Tensor, Var};
 use medseg_ops::{
-    Conv3dConfig, ConvTranspose3dConfig, InterpolationMode, Resize, conv_transpose3d, conv3d, gelu,
-    instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
-    window_attention_qkv,
+    Conv3dConfig, ConvTranspose3dConfig, InterpolationMode, Precision, Resize, conv_transpose3d,
+    conv3d, gelu, instance_norm3d, interpolate3d, layer_norm, softmax_last_dim, window_attention,
+    window_attention_qkv, with_precision,
 };
+use medseg_testkit::bench::cpu_seconds;
 use medseg_testkit::random_tensor;
 
 type OpFn = Box<dyn Fn(&[Tensor]) -> Result<Tensor>>;
@@ -52,6 +56,27 @@ fn cases() -> Vec<Case> {
             flops: conv_flops(96, 96, 3, 48 * 48 * 48),
             bytes: 0.0,
             run: Box::new(move |t| conv3d(&t[0], &t[1], None, &c3)),
+        },
+        Case {
+            // bf16 operands, f32 accumulation (AVX-512 BF16); PyTorch side: CPU autocast bf16.
+            name: "conv3d k3 s1 p1 (bf16)",
+            shape: "1x48x96^3 -> 48".into(),
+            inputs: vec![vec![1, 48, 96, 96, 96], vec![48, 48, 3, 3, 3]],
+            flops: conv_flops(48, 48, 3, 96 * 96 * 96),
+            bytes: 0.0,
+            run: Box::new(move |t| {
+                with_precision(Precision::Bf16, || conv3d(&t[0], &t[1], None, &c3))
+            }),
+        },
+        Case {
+            name: "conv3d k3 s1 p1 (bf16)",
+            shape: "1x96x48^3 -> 96".into(),
+            inputs: vec![vec![1, 96, 48, 48, 48], vec![96, 96, 3, 3, 3]],
+            flops: conv_flops(96, 96, 3, 48 * 48 * 48),
+            bytes: 0.0,
+            run: Box::new(move |t| {
+                with_precision(Precision::Bf16, || conv3d(&t[0], &t[1], None, &c3))
+            }),
         },
         Case {
             name: "conv3d k2 s2 (patch embed)",
@@ -148,6 +173,7 @@ fn main() -> Result<()> {
     // `--no-tune` measures what the glibc malloc tunables buy (fresh-page first touch).
     let tuned = !args.iter().any(|a| a == "--no-tune") && medseg_ops::tune_allocator();
     let quick = args.iter().any(|a| a == "--quick");
+    let fwd_only = args.iter().any(|a| a == "--fwd-only");
     let out = args
         .iter()
         .position(|a| a == "--out")
@@ -159,8 +185,8 @@ fn main() -> Result<()> {
     let threads = rayon::current_num_threads();
     println!("medseg-ops bench: {threads} threads, allocator tuned: {tuned}, {reps} reps (median)");
     println!(
-        "{:<30} {:<20} {:>10} {:>12} {:>12} {:>8}",
-        "op", "shape", "fwd ms", "fwd+bwd ms", "fwd rate", "bwd/fwd"
+        "{:<30} {:<20} {:>10} {:>12} {:>12} {:>8} {:>16}",
+        "op", "shape", "fwd ms", "fwd+bwd ms", "fwd rate", "bwd/fwd", "cpu rate"
     );
     let mut rows = Vec::new();
     for case in cases() {
@@ -176,44 +202,50 @@ fn main() -> Result<()> {
         // Warm-up (allocator, page faults of the first run, rayon pool).
         (case.run)(&inputs)?;
         let mut fwd = Vec::new();
+        let cpu0 = cpu_seconds();
         for _ in 0..reps {
             let t = Instant::now();
             let y = (case.run)(&inputs)?;
             fwd.push(t.elapsed().as_secs_f64());
             drop(y);
         }
+        let cpu = (cpu_seconds() - cpu0) / (reps * threads) as f64;
         let vars: Vec<Var> = inputs.iter().map(Var::from_tensor).collect::<Result<_>>()?;
         let vt: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let mut fb = Vec::new();
-        for _ in 0..reps {
+        for _ in 0..if fwd_only { 0 } else { reps } {
             let t = Instant::now();
             let y = (case.run)(&vt)?;
             let grads = y.sum_all()?.backward()?;
             fb.push(t.elapsed().as_secs_f64());
             drop(grads);
         }
-        let (f, b) = (median(fwd), median(fb));
-        let rate = if case.flops > 0.0 {
-            format!("{:.1} GFLOP/s", case.flops / f / 1e9)
-        } else {
-            format!("{:.2} GB/s", case.bytes / f / 1e9)
+        let (f, b) = (median(fwd), if fwd_only { f64::NAN } else { median(fb) });
+        let rate_of = |s: f64| {
+            if case.flops > 0.0 {
+                format!("{:.1} GFLOP/s", case.flops / s / 1e9)
+            } else {
+                format!("{:.2} GB/s", case.bytes / s / 1e9)
+            }
         };
         println!(
-            "{:<30} {:<20} {:>10.1} {:>12.1} {:>12} {:>8.2}",
+            "{:<30} {:<20} {:>10.1} {:>12.1} {:>12} {:>8.2} {:>16}",
             case.name,
             case.shape,
             f * 1e3,
             b * 1e3,
-            rate,
-            (b - f) / f
+            rate_of(f),
+            (b - f) / f,
+            rate_of(cpu)
         );
         rows.push(serde_json::json!({
             "op": case.name,
             "shape": case.shape,
             "inputs": case.inputs,
             "fwd_ms": f * 1e3,
-            "fwd_bwd_ms": b * 1e3,
-            "bwd_over_fwd": (b - f) / f,
+            "fwd_bwd_ms": if fwd_only { None } else { Some(b * 1e3) },
+            "bwd_over_fwd": if fwd_only { None } else { Some((b - f) / f) },
+            "fwd_cpu_s_per_thread": cpu,
             "gflops": if case.flops > 0.0 { Some(case.flops / f / 1e9) } else { None },
             "gbps": if case.flops > 0.0 { None } else { Some(case.bytes / f / 1e9) },
         }));

@@ -26,6 +26,7 @@ mod conv;
 mod cuda;
 mod interpolate;
 mod norm;
+mod precision;
 mod simd;
 mod storage;
 mod window;
@@ -48,6 +49,7 @@ pub use norm::{
     instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
     instance_norm3d_reference, layer_norm, layer_norm_reference,
 };
+pub use precision::{Precision, bf16_dot_available, precision, with_precision};
 pub use window::{
     pad_to_windows, relative_position_index, relative_position_index_sliced, roll3d,
     shifted_window_mask, window_and_shift, window_partition, window_reverse,

@@ -235,6 +235,18 @@ pub mod bench {
             .map_or(f64::NAN, |kb| kb / 1024.0)
     }
 
+    /// This process's CPU time (user + system, all threads) in seconds, from `/proc/self/stat`
+    /// (clock ticks of 10 ms); 0 where `/proc` is missing. On a machine shared with other jobs
+    /// it tracks the work done where wall time also counts the waiting.
+    pub fn cpu_seconds() -> f64 {
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
     /// Runs this executable again with `args` (the benches measure each case in a child process,
     /// so that its peak memory is its own) and parses the one JSON record it prints on stdout.
     /// The error names `what` and carries the child's stderr.

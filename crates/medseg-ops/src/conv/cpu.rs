@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use medseg_kernels::Im2colGeom;
 
+use crate::precision::Precision;
 use crate::storage::{SyncPtr, f32_slice};
 
 /// Target number of output positions per tile for the forward and data products (columns of one
@@ -247,7 +248,17 @@ impl ConvGeom {
 }
 
 /// `y = W ⋆ x`: `x` `[N, Ci, img]`, `w` `[Co, Ci/g, K]` → `y` `[N, Co, out]`.
+///
+/// The direct AVX-512 kernel of `direct.rs` where it applies, else tiled im2col + GEMM.
 pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    if let Some(y) = super::direct::forward(g, x, w) {
+        return y;
+    }
+    forward_im2col(g, x, w)
+}
+
+/// [`forward`] through tiled im2col + GEMM (every geometry).
+pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
     let (img_len, out_len) = (g.img_len(), g.out_len());
     let tiles = g.tiles(TILE_POSITIONS);
@@ -502,8 +513,8 @@ fn flip_transpose(w: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(out, (ci, co, k0, k1, k2), w.device())
 }
 
-/// conv3d as a custom op on (x, w).
-pub(crate) struct Conv3dOp(pub(crate) ConvGeom);
+/// conv3d as a custom op on (x, w), with the operand precision of its forward product.
+pub(crate) struct Conv3dOp(pub(crate) ConvGeom, pub(crate) Precision);
 
 impl CustomOp2 for Conv3dOp {
     fn name(&self) -> &'static str {
@@ -518,7 +529,12 @@ impl CustomOp2 for Conv3dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.0;
-        let y = forward(g, f32_slice("conv3d", s1, l1)?, f32_slice("conv3d", s2, l2)?);
+        let (x, w) = (f32_slice("conv3d", s1, l1)?, f32_slice("conv3d", s2, l2)?);
+        let bf16 = match self.1 {
+            Precision::Bf16 => super::direct::forward_bf16(g, x, w),
+            Precision::F32 => None,
+        };
+        let y = bf16.unwrap_or_else(|| forward(g, x, w));
         let [d, h, w] = g.out;
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.co, d, h, w))))
     }

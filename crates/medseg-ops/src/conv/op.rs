@@ -67,12 +67,14 @@ impl ConvTranspose3dConfig {
 ///
 /// # Shapes
 /// Output `[N, Co, Do, Ho, Wo]` with `Do = (D + 2p − d·(k − 1) − 1) / s + 1` per axis.
-/// f32 runs natively; other float dtypes are computed in f32 and cast back.
+/// f32 runs natively; other float dtypes are computed in f32 and cast back. Inside
+/// [`crate::with_precision`]`(Precision::Bf16, …)` the CPU forward product rounds its operands to
+/// bf16 and accumulates in f32 where the CPU has AVX-512 BF16 (gradients stay f32).
 pub fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, cfg: &Conv3dConfig) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return conv3d_im2col(x, w, bias, cfg);
     }
-    apply_conv(x, w, bias, Conv3dOp(conv_geom(x, w, bias, cfg)?))
+    apply_conv(x, w, bias, Conv3dOp(conv_geom(x, w, bias, cfg)?, crate::precision::precision()))
 }
 
 /// Transposed 3-D convolution. `x` `[N, Ci, D, H, W]`, `w` `[Ci, Co/groups, Kd, Kh, Kw]`.

@@ -1,8 +1,8 @@
 //! conv3d / conv_transpose3d: fast vs reference, finite differences, validation.
 use candle::{DType, Tensor};
 use medseg_ops::{
-    Conv3dConfig, ConvTranspose3dConfig, conv_transpose3d, conv_transpose3d_reference, conv3d,
-    conv3d_reference,
+    Conv3dConfig, ConvTranspose3dConfig, Precision, conv_transpose3d, conv_transpose3d_reference,
+    conv3d, conv3d_reference, with_precision,
 };
 
 use crate::{check_fast_vs_reference, check_finite_differences, rand};
@@ -44,6 +44,101 @@ fn conv3d_fast_matches_reference() {
         let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
         let reference = |t: &[Tensor]| conv3d_reference(&t[0], &t[1], t.get(2), &cfg);
         check_fast_vs_reference(name, &fast, &reference, &inputs, 2e-5);
+    }
+}
+
+/// Geometries the direct AVX-512 kernel serves on CPUs that have it (W stride 1, one group, rows of
+/// ≥ 16 outputs): partial vectors, tiles spanning rows, W padding masks, dilation, D/H stride, 1×1.
+fn direct_cases() -> Vec<Case<Conv3dConfig>> {
+    vec![
+        (
+            "direct k3 p1, W 37",
+            [2, 3, 3, 4, 37],
+            [5, 3, 3, 3, 3],
+            Conv3dConfig::uniform(1, 1),
+            false,
+        ),
+        (
+            "direct k3 p1, W 16, 9 co",
+            [1, 4, 2, 3, 16],
+            [9, 4, 3, 3, 3],
+            Conv3dConfig::uniform(1, 1),
+            true,
+        ),
+        (
+            "direct dilation 2, pad 2, D/H stride 2",
+            [1, 2, 6, 5, 20],
+            [3, 2, 3, 2, 3],
+            Conv3dConfig { stride: [2, 2, 1], padding: [2, 1, 2], dilation: [2, 1, 2], groups: 1 },
+            true,
+        ),
+        ("direct k1, W 24", [1, 6, 2, 2, 24], [7, 6, 1, 1, 1], Conv3dConfig::default(), true),
+        (
+            "direct k3 no pad, W 18",
+            [1, 2, 3, 3, 20],
+            [4, 2, 3, 3, 3],
+            Conv3dConfig::default(),
+            false,
+        ),
+    ]
+}
+
+#[test]
+fn conv3d_direct_geometries_match_reference() {
+    for (i, (name, xs, ws, cfg, with_bias)) in direct_cases().into_iter().enumerate() {
+        let s = 300 + 10 * i as u64;
+        let mut inputs = vec![rand(&xs, s), rand(&ws, s + 1)];
+        if with_bias {
+            inputs.push(rand(&[ws[0]], s + 2));
+        }
+        let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+        let reference = |t: &[Tensor]| conv3d_reference(&t[0], &t[1], t.get(2), &cfg);
+        check_fast_vs_reference(name, &fast, &reference, &inputs, 2e-5);
+    }
+    // Finite differences through the direct kernel (forward, and the data gradient, which runs
+    // as a forward convolution with the flipped weight).
+    let cfg = Conv3dConfig::uniform(1, 1);
+    let inputs = [rand(&[1, 2, 2, 2, 17], 41), rand(&[2, 2, 3, 3, 3], 42), rand(&[2], 43)];
+    let fast = |t: &[Tensor]| conv3d(&t[0], &t[1], t.get(2), &cfg);
+    check_finite_differences("conv3d direct f32", &fast, &inputs, DType::F32, 0.5, 1e-3);
+}
+
+/// bf16 products (`Precision::Bf16`). A bf16 × bf16 product is exact in f32, so with both
+/// operands rounded to bf16 beforehand (candle's cast: round to nearest even, as the kernel
+/// rounds) the kernel must equal the f32 reference up to f32 summation order (2e-5, as the f32
+/// fast path); against the unrounded operands the only extra error is that rounding (≤ 2⁻⁹
+/// relative per operand, summed over Ci·K terms of random sign: ≤ 1e-2 of the output scale here).
+/// Without AVX-512 BF16 the setting must leave the f32 result untouched.
+#[test]
+fn conv3d_bf16_products_match_reference() {
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    let mut cases = direct_cases();
+    cases.push((
+        "bf16 odd channels",
+        [1, 5, 3, 3, 20],
+        [6, 5, 3, 3, 3],
+        Conv3dConfig::uniform(1, 1),
+        true,
+    ));
+    for (i, (name, xs, ws, cfg, with_bias)) in cases.into_iter().enumerate() {
+        let s = 500 + 10 * i as u64;
+        let (x, w) = (rand(&xs, s), rand(&ws, s + 1));
+        let b = with_bias.then(|| rand(&[ws[0]], s + 2));
+        let y = with_precision(Precision::Bf16, || conv3d(&x, &w, b.as_ref(), &cfg)).unwrap();
+        if !medseg_ops::bf16_dot_available() {
+            let y32 = conv3d(&x, &w, b.as_ref(), &cfg).unwrap();
+            medseg_testkit::assert_close(name, &y, &y32, 0.0, 0.0);
+            continue;
+        }
+        let on_rounded = conv3d_reference(&round(&x), &round(&w), b.as_ref(), &cfg).unwrap();
+        medseg_testkit::assert_close_on_device(
+            &format!("{name} (rounded operands)"),
+            &y,
+            &on_rounded,
+            2e-5,
+        );
+        let exact = conv3d_reference(&x, &w, b.as_ref(), &cfg).unwrap();
+        medseg_testkit::assert_close_on_device(&format!("{name} (f32 operands)"), &y, &exact, 1e-2);
     }
 }
 
@@ -165,4 +260,19 @@ fn conv_rejects_bad_arguments() {
         err(conv_transpose3d(&x, &rand(&[3, 2, 2, 2, 2], 2), None, &t)).contains("weight"),
         "transposed weight must be [Ci, Co/g, k…]"
     );
+}
+
+/// At the channel counts of the models (reductions longer than one 512-long chunk), the direct
+/// kernel agrees with the im2col + GEMM path (it uses `gemm`'s k-chunks, so on CPUs where `gemm`
+/// blocks k by 512 the two agree bit for bit; the tolerance covers other cache geometries).
+#[test]
+fn conv3d_direct_matches_im2col_path_at_model_widths() {
+    for (ci, co, sz) in [(24, 12, 20), (48, 24, 16), (96, 48, 16), (20, 8, 17)] {
+        let cfg = Conv3dConfig::uniform(1, 1);
+        let x = rand(&[1, ci, 4, 5, sz], ci as u64);
+        let w = rand(&[co, ci, 3, 3, 3], co as u64);
+        let direct = conv3d(&x, &w, None, &cfg).unwrap();
+        let im2col = medseg_ops::conv3d_im2col(&x, &w, None, &cfg).unwrap();
+        medseg_testkit::assert_close(&format!("{ci}->{co}"), &direct, &im2col, 1e-5, 1e-5);
+    }
 }

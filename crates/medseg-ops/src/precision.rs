@@ -1,0 +1,91 @@
+//! The compute precision of the CPU convolution products, chosen per thread for a scope.
+//!
+//! [`Precision::Bf16`] runs the forward product of `conv3d` with both operands rounded to bf16
+//! (round to nearest even) and products summed in f32 by AVX-512 BF16 dot products
+//! (`vdpbf16ps`), where the CPU has them and the geometry suits the direct kernel; everything
+//! else (norms, softmax, the other ops, backward products) stays in f32, and so do the tensors
+//! between ops. Without AVX-512 BF16 (or off x86-64) the setting changes nothing: the f32 path
+//! runs. The setting is read on the thread that calls the op, so a forward pass run inside
+//! [`with_precision`] uses it however many threads the kernels then spread over.
+use std::cell::Cell;
+
+/// Operand precision of the convolution products (accumulation is f32 in both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 operands (the default).
+    #[default]
+    F32,
+    /// bf16 operands, f32 accumulation, on CPUs with AVX-512 BF16.
+    Bf16,
+}
+
+impl Precision {
+    /// `"f32"` or `"bf16"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision {other:?}: expected f32 or bf16")),
+        }
+    }
+}
+
+thread_local! {
+    static PRECISION: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// The precision in effect on this thread.
+pub fn precision() -> Precision {
+    PRECISION.with(Cell::get)
+}
+
+/// Runs `f` with `p` in effect on this thread (restored afterwards, also on unwinding).
+pub fn with_precision<R>(p: Precision, f: impl FnOnce() -> R) -> R {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PRECISION.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(PRECISION.with(|c| c.replace(p)));
+    f()
+}
+
+/// Whether this CPU has the AVX-512 BF16 dot products that [`Precision::Bf16`] uses.
+pub fn bf16_dot_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_sets_and_restores() {
+        assert_eq!(precision(), Precision::F32);
+        let inner = with_precision(Precision::Bf16, precision);
+        assert_eq!(inner, Precision::Bf16);
+        assert_eq!(precision(), Precision::F32);
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert!("f16".parse::<Precision>().unwrap_err().contains("f16"));
+    }
+}
