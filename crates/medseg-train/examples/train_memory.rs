@@ -129,7 +129,7 @@ fn graph_report(loss: &Tensor) {
         e.1 += bytes;
     }
     let mut rows: Vec<_> = by_shape.into_iter().collect();
-    rows.sort_by(|a, b| b.1.1.cmp(&a.1.1));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.1));
     eprintln!("graph: {:.0} MiB in {} storages", total as f64 / MB, seen.len());
     for (shape, (n, bytes)) in rows.iter().take(40) {
         eprintln!("  {:8.1} MiB  {n:3} × {shape:?}", *bytes as f64 / MB);

@@ -6,8 +6,11 @@ use medseg_testkit::random_tensor;
 use medseg_train::loss::dice_ce_loss;
 use medseg_train::{AdamW, AdamWConfig, DiceCeConfig, Grads, ModelConfig};
 
+/// Named weights after training.
+type Weights = Vec<(String, Tensor)>;
+
 /// Losses of 3 AdamW steps on one fixed batch, and the final weights, from seeded weights.
-fn losses(checkpoint: bool) -> anyhow::Result<(Vec<f32>, Vec<(String, Tensor)>)> {
+fn losses(checkpoint: bool) -> anyhow::Result<(Vec<f32>, Weights)> {
     let mut cfg = super::tiny_swin_unetr();
     if let ModelConfig::SwinUnetr(m) = &mut cfg {
         m.use_checkpoint = checkpoint;
