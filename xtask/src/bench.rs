@@ -1,4 +1,4 @@
-//! `cargo xtask bench [ops|models|metrics|data|train|stitch|dicom|postprocess|all]`: release benchmarks writing
+//! `cargo xtask bench [ops|models|metrics|data|train|stitch|dicom|postprocess|wholect|all]`: release benchmarks writing
 //! `target/bench/<suite>.json`, followed by the PyTorch/MONAI comparison script of the suite (when
 //! it has one) when the reference venv exists.
 use std::process::Command;
@@ -30,11 +30,15 @@ enum Suite {
     Dicom,
     /// Statistics and connected-component clean-up of a 512×512×300, 117-class label map vs scipy.
     Postprocess,
+    /// Whole-CT `medseg predict` (BTCV window settings, Swin UNETR fs48) vs MONAI on the shared
+    /// abdomen/pelvis CT; not part of `all` (many minutes on 2 cores). `--reps N`, `--crop X,Y,Z`
+    /// (a centred sub-box, for quick runs), `--precision P` (passed on to `medseg predict`).
+    Wholect,
     All,
 }
 
 /// (suite, package, example, `target/bench/<name>.json`, comparison script)
-const SUITES: [(Suite, &str, &str, &str, Option<&str>); 8] = [
+const SUITES: [(Suite, &str, &str, &str, Option<&str>); 9] = [
     (Suite::Ops, "medseg-ops", "bench_ops", "ops", Some("tools/bench/ops_torch.py")),
     (Suite::Models, "medseg-models", "bench_models", "models", Some("tools/bench/models_monai.py")),
     (
@@ -55,6 +59,13 @@ const SUITES: [(Suite, &str, &str, &str, Option<&str>); 8] = [
         "postprocess",
         Some("tools/bench/postprocess_scipy.py"),
     ),
+    (
+        Suite::Wholect,
+        "medseg-cli",
+        "bench_wholect",
+        "wholect",
+        Some("tools/bench/wholect_monai.py"),
+    ),
 ];
 
 /// Scratch folder of the post-processing benchmark (the Rust side writes the label map there).
@@ -71,7 +82,7 @@ pub fn run(args: Args) -> Result<()> {
     let root = project_root();
     std::fs::create_dir_all(root.join("target/bench"))?;
     for (suite, package, example, name, script) in SUITES {
-        if args.suite != Suite::All && args.suite != suite {
+        if args.suite != suite && (args.suite != Suite::All || suite == Suite::Wholect) {
             continue;
         }
         let crate_dir = package.trim_start_matches("medseg-");
@@ -91,6 +102,19 @@ pub fn run(args: Args) -> Result<()> {
             let script = "tools/bench/dicom_python.py";
             run_cmd(Command::new(py).args([script, DICOM_WORKDIR, "-", "--generate-only"]))?;
         }
+        if suite == Suite::Wholect {
+            // The bench times the `medseg` binary itself; a stale record must not be compared.
+            run_cmd(cargo().args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                package,
+                "--bin",
+                "medseg",
+            ]))?;
+            let _ = std::fs::remove_file(root.join(&json));
+        }
         let mut cmd = cargo();
         cmd.args(["run", "--release", "--quiet", "-p", package, "--example", example, "--"]);
         // The data benchmark takes positional arguments: a work folder and the JSON path.
@@ -100,6 +124,8 @@ pub fn run(args: Args) -> Result<()> {
             cmd.args([DICOM_WORKDIR, "--out", &json]);
         } else if suite == Suite::Postprocess {
             cmd.args([POSTPROCESS_WORKDIR, "--out", &json]);
+        } else if suite == Suite::Wholect {
+            cmd.args(["--medseg", "target/release/medseg", "--out", &json]);
         } else {
             cmd.args(["--out", &json]);
         }

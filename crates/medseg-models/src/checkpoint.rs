@@ -1,4 +1,5 @@
-//! Gradient checkpointing of Swin blocks (MONAI `use_checkpoint`, non-reentrant semantics).
+//! Gradient checkpointing of Swin blocks (MONAI `use_checkpoint`, non-reentrant semantics) and
+//! of the CNN encoder blocks (`checkpoint_encoders`).
 //!
 //! A block becomes one `CustomOp2` of (input, all block parameters flattened and concatenated).
 //! Its forward runs the block on plain tensors, so no activation is kept; its backward rebuilds
@@ -9,21 +10,21 @@
 //! the RNG state), so use it with rate-0 dropouts for exact gradients.
 //!
 //! Generic over [`CheckpointBlock`], so it depends only on [`crate::layers`]; the Swin block
-//! implements the trait in `swin_transformer.rs`.
-use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, Var};
+//! implements the trait in `swin_transformer.rs`, `UnetrBasicBlock` in `swin_unetr.rs`.
+use candle::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor, Var};
 
 use crate::layers::Params;
 
 /// A block that can be checkpointed: its parameters in a fixed order ([`Params`]) and its
-/// forward on `(x, attention mask)`.
+/// forward on `(x, optional attention mask)`.
 pub(crate) trait CheckpointBlock: Params + Clone + Send + Sync + 'static {
     /// The block's forward pass.
-    fn forward_block(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor>;
+    fn forward_block(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor>;
 }
 
 struct BlockOp<B> {
     blk: B,
-    mask: Tensor,
+    mask: Option<Tensor>,
     train: bool,
     shapes: Vec<Shape>,
 }
@@ -63,7 +64,7 @@ impl<B: CheckpointBlock> CustomOp2 for BlockOp<B> {
     ) -> Result<(CpuStorage, Shape)> {
         let x = tensor_of(s1, l1)?;
         let blk = self.rebuild(&tensor_of(s2, l2)?)?;
-        let y = blk.forward_block(&x, &self.mask, self.train)?;
+        let y = blk.forward_block(&x, self.mask.as_ref(), self.train)?;
         let shape = y.shape().clone();
         Ok((CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?), shape))
     }
@@ -78,8 +79,9 @@ impl<B: CheckpointBlock> CustomOp2 for BlockOp<B> {
         let x = Var::from_tensor(&arg1.detach())?;
         let flat = Var::from_tensor(&arg2.detach())?;
         let blk = self.rebuild(flat.as_tensor())?;
-        let y = blk.forward_block(x.as_tensor(), &self.mask, self.train)?;
-        let grads = (y * grad_res.detach())?.sum_all()?.backward()?;
+        let y = blk.forward_block(x.as_tensor(), self.mask.as_ref(), self.train)?;
+        // Backward from y with y's gradient given (no y·grad product is materialised).
+        let grads = y.apply_op1(Seed(grad_res.detach()))?.backward()?;
         Ok((grads.get(x.as_tensor()).cloned(), grads.get(flat.as_tensor()).cloned()))
     }
 }
@@ -88,7 +90,7 @@ impl<B: CheckpointBlock> CustomOp2 for BlockOp<B> {
 pub(crate) fn checkpointed_block<B: CheckpointBlock>(
     blk: &B,
     x: &Tensor,
-    mask: &Tensor,
+    mask: Option<&Tensor>,
     train: bool,
 ) -> Result<Tensor> {
     if !x.device().is_cpu() || x.dtype() != candle::DType::F32 {
@@ -100,6 +102,23 @@ pub(crate) fn checkpointed_block<B: CheckpointBlock>(
     let flat: Vec<Tensor> = params.iter().map(|p| p.flatten_all()).collect::<Result<_>>()?;
     // [Σ numel] (differentiable: cat's backward splits the gradient back to each parameter)
     let flat = Tensor::cat(&flat, 0)?;
-    let op = BlockOp { blk: blk.clone(), mask: mask.detach(), train, shapes };
+    let op = BlockOp { blk: blk.clone(), mask: mask.map(Tensor::detach), train, shapes };
     x.contiguous()?.apply_op2(&flat, op)
+}
+
+/// A scalar node whose backward hands `self.0` to its input as that input's gradient.
+struct Seed(Tensor);
+
+impl CustomOp1 for Seed {
+    fn name(&self) -> &'static str {
+        "gradient_seed"
+    }
+
+    fn cpu_fwd(&self, _s: &CpuStorage, _l: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
 }

@@ -164,6 +164,13 @@ pub struct SwinUnetrConfig {
     /// Gradient checkpointing: recompute each Swin block in backward.
     #[serde(default)]
     pub use_checkpoint: bool,
+    /// medseg extension: recompute the CNN encoder blocks (`encoder1`–`encoder4`, `encoder10`)
+    /// in backward too. `encoder1` works at full resolution, so this lowers a training step's
+    /// peak memory by about four full-resolution feature maps for one more forward pass of
+    /// that block. The decoder blocks are never checkpointed: their backward runs first, while
+    /// every other activation is still alive, so recomputing them would not lower the peak.
+    #[serde(default)]
+    pub checkpoint_encoders: bool,
     /// Only 3 is supported.
     #[serde(default = "d_spatial")]
     pub spatial_dims: usize,
@@ -263,6 +270,7 @@ impl SwinUnetrConfig {
             normalize: true,
             patch_norm: false,
             use_checkpoint: false,
+            checkpoint_encoders: false,
             spatial_dims: 3,
             downsample: d_downsample(),
             use_v2: false,

@@ -323,7 +323,7 @@ impl BasicLayer {
         let mut x = xs.permute((0, 2, 3, 4, 1))?.contiguous()?;
         for blk in &self.blocks {
             x = if self.use_checkpoint && train_or_grad(&x) {
-                crate::checkpoint::checkpointed_block(blk, &x, &mask, train)?
+                crate::checkpoint::checkpointed_block(blk, &x, Some(&mask), train)?
             } else {
                 blk.forward_t(&x, Some(&mask), train)?
             };
@@ -440,8 +440,8 @@ impl Params for WindowAttention {
 }
 
 impl CheckpointBlock for SwinTransformerBlock {
-    fn forward_block(&self, xs: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_t(xs, Some(mask), train)
+    fn forward_block(&self, xs: &Tensor, mask: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        self.forward_t(xs, mask, train)
     }
 }
 

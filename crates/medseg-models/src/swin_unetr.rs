@@ -7,6 +7,7 @@
 use candle::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::checkpoint::{CheckpointBlock, checkpointed_block};
 use crate::config::SwinUnetrConfig;
 use crate::swin_transformer::SwinTransformer;
 use crate::unetr_blocks::{UnetOutBlock, UnetrBasicBlock, UnetrUpBlock};
@@ -29,6 +30,7 @@ pub struct SwinUnetr {
     out: UnetOutBlock,
     normalize: bool,
     patch_size: usize,
+    checkpoint_encoders: bool,
 }
 
 impl SwinUnetr {
@@ -54,6 +56,7 @@ impl SwinUnetr {
             out: UnetOutBlock::new(fs, cfg.out_channels, vb.pp("out"))?,
             normalize: cfg.normalize,
             patch_size: cfg.patch_size,
+            checkpoint_encoders: cfg.checkpoint_encoders,
         })
     }
 
@@ -74,17 +77,35 @@ impl SwinUnetr {
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input_size(xs)?;
         let hs = self.swin_vit.forward_t(xs, self.normalize, train)?;
-        let enc0 = self.encoder1.forward(xs)?;
-        let enc1 = self.encoder2.forward(&hs[0])?;
-        let enc2 = self.encoder3.forward(&hs[1])?;
-        let enc3 = self.encoder4.forward(&hs[2])?;
-        let dec4 = self.encoder10.forward(&hs[4])?;
+        let enc0 = self.encode(&self.encoder1, xs, train)?;
+        let enc1 = self.encode(&self.encoder2, &hs[0], train)?;
+        let enc2 = self.encode(&self.encoder3, &hs[1], train)?;
+        let enc3 = self.encode(&self.encoder4, &hs[2], train)?;
+        let dec4 = self.encode(&self.encoder10, &hs[4], train)?;
         let dec3 = self.decoder5.forward(&dec4, &hs[3])?;
         let dec2 = self.decoder4.forward(&dec3, &enc3)?;
         let dec1 = self.decoder3.forward(&dec2, &enc2)?;
         let dec0 = self.decoder2.forward(&dec1, &enc1)?;
         let out = self.decoder1.forward(&dec0, &enc0)?;
         self.out.forward(&out)
+    }
+}
+
+impl SwinUnetr {
+    /// An encoder block, recomputed in backward with `checkpoint_encoders` when training or
+    /// when its input is part of a recorded graph (`encoder1`'s input, the image, never is).
+    fn encode(&self, blk: &UnetrBasicBlock, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if self.checkpoint_encoders && (train || xs.track_op()) {
+            checkpointed_block(blk, xs, None, train)
+        } else {
+            blk.forward(xs)
+        }
+    }
+}
+
+impl CheckpointBlock for UnetrBasicBlock {
+    fn forward_block(&self, xs: &Tensor, _mask: Option<&Tensor>, _train: bool) -> Result<Tensor> {
+        self.forward(xs)
     }
 }
 

@@ -46,6 +46,7 @@ pub use conv::{
 };
 pub use interpolate::{InterpolationMode, Resize, interpolate3d, interpolate3d_reference};
 pub use norm::{
+    instance_norm_add_norm_leaky_relu, instance_norm_add_norm_leaky_relu_reference,
     instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
     instance_norm3d_reference, layer_norm, layer_norm_reference,
 };

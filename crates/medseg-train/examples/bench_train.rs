@@ -4,7 +4,7 @@
 //! memory pool's high-water mark) is that case's peak.
 //!
 //! `cargo run --release -p medseg-train [--features cuda] --example bench_train -- --out PATH
-//!  [--cases tiny,base,smt] [--steps N] [--device cpu|cuda|cuda:N] [--precision f32|bf16]
+//!  [--cases tiny,base,base_ckpt,base_ckpt_enc,smt] [--steps N] [--device cpu|cuda|cuda:N] [--precision f32|bf16]
 //!  [--patch D,H,W]`
 //!
 //! Cases (shapes from the presets, so the numbers follow them):
@@ -13,6 +13,9 @@
 //!   `[inference]` settings over a 64³ volume (the phantom's size);
 //! - `base`: the `btcv` preset's model (Swin UNETR fs48) with one 96³ patch per step (the recipe's
 //!   4 patches per step would take minutes per step on 2 cores) and one 96³ window;
+//! - `base_ckpt`: `base` with `use_checkpoint = true` (Swin blocks recomputed in backward; the
+//!   MONAI side runs with the same flag); `base_ckpt_enc` adds medseg's `checkpoint_encoders`
+//!   (MONAI has no such option: its side runs `base_ckpt`'s model);
 //! - `smt`: the `totalseg_smt` preset's model (Swin SMT: fs48, dynamic-slot Soft MoE with 32
 //!   experts in stages 2–4, 118 classes, gradient checkpointing as in the preset) with one 128³
 //!   patch per step and one 128³ window.
@@ -39,7 +42,7 @@ use medseg_testkit::bench::{arg, child_record, parse_dims, peak_rss_mb};
 use medseg_train::loss::segmentation_loss;
 use medseg_train::precision::{Precision, precision_var_builder};
 use medseg_train::{
-    AdamW, Grads, SegModel, TrainConfig, device_from_str, sliding_window_inference,
+    AdamW, Grads, ModelConfig, SegModel, TrainConfig, device_from_str, sliding_window_inference,
 };
 
 fn median(xs: &[f64]) -> f64 {
@@ -107,11 +110,23 @@ fn case(name: &str) -> anyhow::Result<Case> {
             let cfg = TrainConfig::preset("btcv")?;
             Ok((cfg, 1, [96, 96, 96], [96, 96, 96], 2))
         }
+        "base_ckpt" | "base_ckpt_enc" => {
+            // The same with MONAI's `use_checkpoint` (the Swin blocks recomputed in backward),
+            // and with medseg's `checkpoint_encoders` as well.
+            let mut cfg = TrainConfig::preset("btcv")?;
+            if let ModelConfig::SwinUnetr(m) = &mut cfg.model {
+                m.use_checkpoint = true;
+                m.checkpoint_encoders = name == "base_ckpt_enc";
+            }
+            Ok((cfg, 1, [96, 96, 96], [96, 96, 96], 2))
+        }
         "smt" => {
             let cfg = TrainConfig::preset("totalseg_smt")?;
             Ok((cfg, 1, [128, 128, 128], [128, 128, 128], 2))
         }
-        other => anyhow::bail!("unknown case {other:?}: expected tiny, base or smt"),
+        other => anyhow::bail!(
+            "unknown case {other:?}: expected tiny, base, base_ckpt, base_ckpt_enc or smt"
+        ),
     }
 }
 

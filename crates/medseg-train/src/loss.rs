@@ -111,7 +111,27 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 }
 
 /// MONAI `DiceCELoss(to_onehot_y=True, softmax=True, ...)` = λ_dice·Dice + λ_ce·CE.
+///
+/// On the CPU with f32 logits this is one graph node ([`DiceCeOp`]) that keeps only the logits
+/// and the labels for the backward pass, which recomputes the softmax: the composed form
+/// ([`dice_ce_loss_reference`]) keeps about a dozen logits-sized maps (softmax, log-softmax,
+/// one-hot targets, products) alive until the loss is dropped. Elsewhere it is the composed form.
 pub fn dice_ce_loss(logits: &Tensor, labels: &Tensor, cfg: &DiceCeConfig) -> Result<Tensor> {
+    let (_b, c) = check(logits, labels)?;
+    if !logits.device().is_cpu() || logits.dtype() != DType::F32 {
+        return dice_ce_loss_reference(logits, labels, cfg);
+    }
+    let labels = labels.to_dtype(DType::F32)?.contiguous()?;
+    let op = DiceCeOp { cfg: cfg.clone(), classes: c };
+    Ok(logits.contiguous()?.apply_op2(&labels, op)?)
+}
+
+/// The composed reference of [`dice_ce_loss`] (candle ops, differentiable through autograd).
+pub fn dice_ce_loss_reference(
+    logits: &Tensor,
+    labels: &Tensor,
+    cfg: &DiceCeConfig,
+) -> Result<Tensor> {
     let dice = dice_loss(logits, labels, cfg)?;
     let ce = cross_entropy(logits, labels)?;
     Ok(((dice * cfg.lambda_dice)? + (ce * cfg.lambda_ce)?)?)
@@ -140,5 +160,197 @@ pub fn segmentation_loss(
         LossKind::DiceCe => dice_ce_loss(logits, labels, cfg),
         LossKind::Dice => dice_loss(logits, labels, cfg),
         LossKind::Ce => cross_entropy(logits, labels),
+    }
+}
+
+/// [`dice_ce_loss`] as one custom op on (logits `[B, C, N…]` f32, labels `[B, 1, N…]` as f32
+/// class indices); a label outside `0..C` has an all-zero one-hot row, as in [`one_hot`].
+///
+/// Sums run in f64 in index order, so the result does not depend on threads.
+struct DiceCeOp {
+    cfg: DiceCeConfig,
+    classes: usize,
+}
+
+/// Per-(b, c) Dice sums and the cross-entropy sum of one pass over the voxels.
+struct DiceCeSums {
+    /// Σ p·g per (b, c), row-major.
+    inter: Vec<f64>,
+    /// Σ p (or Σ p² with `squared_pred`) per (b, c).
+    pred: Vec<f64>,
+    /// Σ g per (b, c).
+    truth: Vec<f64>,
+    /// −Σ g·log p over everything.
+    ce: f64,
+}
+
+impl DiceCeOp {
+    /// The softmax of voxel `i` of sample `b` into `p`; returns log Σ exp(z − max) and max.
+    fn softmax_at(&self, z: &[f32], b: usize, i: usize, n: usize, p: &mut [f64]) -> (f64, f64) {
+        let c = self.classes;
+        let base = b * c * n + i;
+        let mut max = f64::NEG_INFINITY;
+        for k in 0..c {
+            max = max.max(z[base + k * n] as f64);
+        }
+        let mut sum = 0.0;
+        for (k, pk) in p.iter_mut().enumerate() {
+            *pk = (z[base + k * n] as f64 - max).exp();
+            sum += *pk;
+        }
+        for pk in p.iter_mut() {
+            *pk /= sum;
+        }
+        (sum.ln(), max)
+    }
+
+    /// The class of voxel `i` of sample `b`, `None` when the label is not one of `0..C`.
+    fn class_at(&self, y: &[f32], b: usize, i: usize, n: usize) -> Option<usize> {
+        let l = y[b * n + i];
+        (0..self.classes).find(|&k| l == k as f32)
+    }
+
+    fn sums(&self, z: &[f32], y: &[f32], bsz: usize, n: usize) -> DiceCeSums {
+        let c = self.classes;
+        let mut s = DiceCeSums {
+            inter: vec![0.0; bsz * c],
+            pred: vec![0.0; bsz * c],
+            truth: vec![0.0; bsz * c],
+            ce: 0.0,
+        };
+        let mut p = vec![0.0; c];
+        for b in 0..bsz {
+            for i in 0..n {
+                let (lse, max) = self.softmax_at(z, b, i, n, &mut p);
+                for (k, &pk) in p.iter().enumerate() {
+                    s.pred[b * c + k] += if self.cfg.squared_pred { pk * pk } else { pk };
+                }
+                if let Some(k) = self.class_at(y, b, i, n) {
+                    s.inter[b * c + k] += p[k];
+                    s.truth[b * c + k] += 1.0;
+                    // −log p_k = lse − (z_k − max)
+                    s.ce += lse - (z[b * c * n + k * n + i] as f64 - max);
+                }
+            }
+        }
+        s
+    }
+
+    /// The Dice terms' (b, c) cells: all classes, or all but the background; with `batch` the
+    /// sums are first added over the batch.
+    fn first_class(&self) -> usize {
+        if self.cfg.include_background || self.classes == 1 { 0 } else { 1 }
+    }
+
+    /// (numerator, denominator) of the Dice term of class `k` for sample `b`.
+    fn dice_parts(&self, s: &DiceCeSums, bsz: usize, b: usize, k: usize) -> (f64, f64) {
+        let c = self.classes;
+        let (inter, pred, truth) = if self.cfg.batch {
+            (0..bsz).fold((0.0, 0.0, 0.0), |(i, p, t), b| {
+                (i + s.inter[b * c + k], p + s.pred[b * c + k], t + s.truth[b * c + k])
+            })
+        } else {
+            (s.inter[b * c + k], s.pred[b * c + k], s.truth[b * c + k])
+        };
+        (2.0 * inter + self.cfg.smooth_nr, pred + truth + self.cfg.smooth_dr)
+    }
+
+    /// Number of Dice terms the mean runs over.
+    fn dice_terms(&self, bsz: usize) -> usize {
+        let kept = self.classes - self.first_class();
+        if self.cfg.batch { kept } else { bsz * kept }
+    }
+}
+
+fn f32_slice<'a>(s: &'a candle::CpuStorage, l: &candle::Layout) -> candle::Result<&'a [f32]> {
+    let candle::CpuStorage::F32(v) = s else { candle::bail!("dice_ce: expected f32") };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle::bail!("dice_ce: non-contiguous input {:?}", l.shape())
+    };
+    Ok(&v[a..b])
+}
+
+impl candle::CustomOp2 for DiceCeOp {
+    fn name(&self) -> &'static str {
+        "dice_ce_loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &candle::CpuStorage,
+        l1: &candle::Layout,
+        s2: &candle::CpuStorage,
+        l2: &candle::Layout,
+    ) -> candle::Result<(candle::CpuStorage, candle::Shape)> {
+        let (z, y) = (f32_slice(s1, l1)?, f32_slice(s2, l2)?);
+        let bsz = l1.dims()[0];
+        let n = z.len() / (bsz * self.classes);
+        let s = self.sums(z, y, bsz, n);
+        let bs = if self.cfg.batch { 1 } else { bsz };
+        let mut dice = 0.0;
+        for b in 0..bs {
+            for k in self.first_class()..self.classes {
+                let (num, den) = self.dice_parts(&s, bsz, b, k);
+                dice += 1.0 - num / den;
+            }
+        }
+        let dice = dice / self.dice_terms(bsz) as f64;
+        let ce = s.ce / (bsz * n) as f64;
+        let loss = self.cfg.lambda_dice * dice + self.cfg.lambda_ce * ce;
+        Ok((candle::CpuStorage::F32(vec![loss as f32]), candle::Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle::Result<(Option<Tensor>, Option<Tensor>)> {
+        let dims = logits.dims().to_vec();
+        let z = logits.flatten_all()?.to_vec1::<f32>()?;
+        let y = labels.flatten_all()?.to_vec1::<f32>()?;
+        let g = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (bsz, c) = (dims[0], self.classes);
+        let n = z.len() / (bsz * c);
+        let s = self.sums(&z, &y, bsz, n);
+        // ∂Dice/∂p_k = −(λ/T)·(2·g_k·den − num·∂den/∂p_k)/den², per (b, k).
+        let scale_d = g * self.cfg.lambda_dice / self.dice_terms(bsz) as f64;
+        let scale_ce = g * self.cfg.lambda_ce / (bsz * n) as f64;
+        let mut parts = vec![(0.0, 0.0); bsz * c];
+        for b in 0..bsz {
+            for k in self.first_class()..c {
+                let (num, den) = self.dice_parts(&s, bsz, b, k);
+                parts[b * c + k] = (num, den);
+            }
+        }
+        let first = self.first_class();
+        let mut dz = vec![0f32; z.len()];
+        let (mut p, mut dp) = (vec![0.0; c], vec![0.0; c]);
+        for b in 0..bsz {
+            for i in 0..n {
+                self.softmax_at(&z, b, i, n, &mut p);
+                let cls = self.class_at(&y, b, i, n);
+                let mut dot = 0.0;
+                for k in 0..c {
+                    dp[k] = 0.0;
+                    if k >= first {
+                        let (num, den) = parts[b * c + k];
+                        let gk = if cls == Some(k) { 1.0 } else { 0.0 };
+                        let dden = if self.cfg.squared_pred { 2.0 * p[k] } else { 1.0 };
+                        dp[k] = -scale_d * (2.0 * gk * den - num * dden) / (den * den);
+                    }
+                    dot += p[k] * dp[k];
+                }
+                for k in 0..c {
+                    // softmax chain rule, then the cross-entropy term p_k·Σg − g_k
+                    let gk = if cls == Some(k) { 1.0 } else { 0.0 };
+                    let has = if cls.is_some() { 1.0 } else { 0.0 };
+                    let v = p[k] * (dp[k] - dot) + scale_ce * (p[k] * has - gk);
+                    dz[b * c * n + k * n + i] = v as f32;
+                }
+            }
+        }
+        Ok((Some(Tensor::from_vec(dz, dims, logits.device())?), None))
     }
 }

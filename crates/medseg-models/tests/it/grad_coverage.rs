@@ -1,6 +1,7 @@
 //! Every parameter receives a gradient (candle's fast ops drop them silently), for a model that
 //! contains every module kind (v2 blocks, MLP and dynamic-slot MoE stages) and for the
-//! fixed-slot Soft MoE; gradient checkpointing gives the same gradients as the plain backward.
+//! fixed-slot Soft MoE; gradient checkpointing (Swin blocks and CNN encoders) gives the same
+//! gradients as the plain backward.
 use candle::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use medseg_models::{MoeKind, SwinUnetr, SwinUnetrConfig};
@@ -49,7 +50,7 @@ fn every_parameter_gets_a_gradient_fixed_slot_moe() -> anyhow::Result<()> {
 #[test]
 fn every_parameter_gets_a_gradient_and_checkpointing_matches() -> anyhow::Result<()> {
     let cfg = all_kinds();
-    let ckpt = SwinUnetrConfig { use_checkpoint: true, ..cfg.clone() };
+    let ckpt = SwinUnetrConfig { use_checkpoint: true, checkpoint_encoders: true, ..cfg.clone() };
     // Same seeds in both runs: VarMap init is random, so copy the weights across.
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);

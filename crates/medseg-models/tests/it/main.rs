@@ -16,6 +16,8 @@ mod layering;
 mod moe;
 // Every parameter receives a gradient; gradient checkpointing equals the plain backward.
 mod grad_coverage;
+// The fused up-sampling + concatenation of the decoder blocks against its reference.
+mod unetr_blocks;
 // Loader: rename table end to end, save → load round trip, shape mismatch, report.
 mod loader;
 // SSL head: research key names and output shapes.

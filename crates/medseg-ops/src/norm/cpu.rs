@@ -134,6 +134,44 @@ impl CustomOp2 for NormLeaky {
     }
 }
 
+/// `leaky_relu(x̂ + r̂)` over rows of `len`, both inputs instance-normalised
+/// ([`instance_norm_add_norm_leaky_relu`]): the normalised residual is never kept for backward.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NormAddNormLeaky(pub(crate) NormLeaky);
+
+impl CustomOp2 for NormAddNormLeaky {
+    fn name(&self) -> &'static str {
+        "instance_norm_add_norm_leaky_relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s1, l1)?;
+        let r = f32_slice(self.name(), s2, l2)?;
+        let op = self.0;
+        let rh = normalize_rows(r, op.len, op.eps, |_, v| v);
+        let y = normalize_rows(x, op.len, op.eps, |i, v| op.lrelu(v + rh[i]));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        r: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, g) = self.0.grads(x, y, dy)?;
+        let back = NormalizeRowsBackward { eps: self.0.eps, len: self.0.len };
+        Ok((Some(dx), Some(r.apply_op2_no_bwd(&g, &back)?)))
+    }
+}
+
 /// `dx = rstd · (dy − mean(dy) − x̂ · mean(dy · x̂))` per row, from `(x, dy)`.
 struct NormalizeRowsBackward {
     eps: f32,

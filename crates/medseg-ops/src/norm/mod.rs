@@ -7,6 +7,7 @@ mod cpu;
 mod op;
 
 pub use op::{
+    instance_norm_add_norm_leaky_relu, instance_norm_add_norm_leaky_relu_reference,
     instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
     instance_norm3d_reference, layer_norm, layer_norm_reference,
 };

@@ -7,10 +7,12 @@
 //!
 //! [`instance_norm_leaky_relu`] fuses the `InstanceNorm → (+ residual) → LeakyReLU` tail of
 //! MONAI's `UnetResBlock` into one graph node, so the normalised map and the sum are never kept
-//! for the backward pass (candle keeps every op's inputs alive until the loss is dropped).
+//! for the backward pass (candle keeps every op's inputs alive until the loss is dropped);
+//! [`instance_norm_add_norm_leaky_relu`] also normalises the residual inside the op (the
+//! `conv3 → norm3` shortcut of a res block whose channel count changes).
 use candle::{D, DType, Result, Tensor};
 
-use super::cpu::{LayerNormAffine, NormLeaky, NormalizeRows};
+use super::cpu::{LayerNormAffine, NormAddNormLeaky, NormLeaky, NormalizeRows};
 use crate::storage::{composed_in_f32, f32_contiguous};
 
 /// Instance normalisation of `x` `[N, C, D, H, W]` (any rank ≥ 3): per sample and channel,
@@ -74,6 +76,52 @@ pub fn instance_norm_leaky_relu(
         Some(r) => x32.apply_op2(&f32_contiguous(r)?, op)?,
     };
     y.to_dtype(dtype)
+}
+
+/// `leaky_relu(instance_norm3d(x) + instance_norm3d(residual))` without affine parameters, as
+/// one op: the normalised residual is recomputed in the backward pass instead of being kept.
+///
+/// Reference: [`instance_norm_add_norm_leaky_relu_reference`].
+///
+/// # Shapes
+/// `x` `[N, C, spatial…]`, `residual` the same shape → the same shape.
+pub fn instance_norm_add_norm_leaky_relu(
+    x: &Tensor,
+    residual: &Tensor,
+    eps: f64,
+    negative_slope: f64,
+) -> Result<Tensor> {
+    let (_, spatial) = check_instance("instance_norm_add_norm_leaky_relu", x, None, None)?;
+    if !(negative_slope >= 0.0 && negative_slope.is_finite()) {
+        candle::bail!(
+            "instance_norm_add_norm_leaky_relu: negative_slope must be ≥ 0, got {negative_slope}"
+        )
+    }
+    if residual.dims() != x.dims() {
+        candle::bail!(
+            "instance_norm_add_norm_leaky_relu: residual {:?} must have the shape of x {:?}",
+            residual.dims(),
+            x.dims()
+        )
+    }
+    if !x.device().is_cpu() {
+        let r = instance_norm3d(residual, None, None, eps)?;
+        return instance_norm_leaky_relu(x, Some(&r), eps, negative_slope);
+    }
+    let dtype = x.dtype();
+    let op = NormLeaky { eps: eps as f32, len: spatial, slope: negative_slope as f32 };
+    f32_contiguous(x)?.apply_op2(&f32_contiguous(residual)?, NormAddNormLeaky(op))?.to_dtype(dtype)
+}
+
+/// Composed reference of [`instance_norm_add_norm_leaky_relu`].
+pub fn instance_norm_add_norm_leaky_relu_reference(
+    x: &Tensor,
+    residual: &Tensor,
+    eps: f64,
+    negative_slope: f64,
+) -> Result<Tensor> {
+    let r = instance_norm3d_reference(residual, None, None, eps)?;
+    instance_norm_leaky_relu_reference(x, Some(&r), eps, negative_slope)
 }
 
 /// Composed reference of [`instance_norm_leaky_relu`].

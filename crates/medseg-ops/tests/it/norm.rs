@@ -1,6 +1,7 @@
 //! instance_norm3d / layer_norm: fast vs reference, finite differences, validation.
 use candle::{DType, Tensor};
 use medseg_ops::{
+    instance_norm_add_norm_leaky_relu, instance_norm_add_norm_leaky_relu_reference,
     instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,
     instance_norm3d_reference, layer_norm, layer_norm_reference,
 };
@@ -102,4 +103,38 @@ fn fused_norm_leaky_relu_rejects_bad_arguments() {
     assert!(e.contains("residual [1, 3, 2, 2, 1] must have the shape of x"), "{e}");
     let e = instance_norm_leaky_relu(&x, None, 1e-5, -0.1).unwrap_err().to_string();
     assert!(e.contains("negative_slope must be ≥ 0"), "{e}");
+}
+
+#[test]
+fn fused_norm_add_norm_leaky_relu_matches_reference() {
+    let x = ((rand(&[2, 3, 9, 8, 7], 41) * 5.0).unwrap() + 100.0).unwrap();
+    let r = ((rand(&[2, 3, 9, 8, 7], 42) * 3.0).unwrap() - 20.0).unwrap();
+    let fast = |t: &[Tensor]| instance_norm_add_norm_leaky_relu(&t[0], &t[1], 1e-5, 0.01);
+    let reference =
+        |t: &[Tensor]| instance_norm_add_norm_leaky_relu_reference(&t[0], &t[1], 1e-5, 0.01);
+    check_fast_vs_reference("norm + norm(residual) + leaky relu", &fast, &reference, &[x, r], 5e-4);
+}
+
+#[test]
+fn fused_norm_add_norm_leaky_relu_gradients_match_finite_differences() {
+    let inputs = [rand(&[1, 2, 3, 2, 2], 51), rand(&[1, 2, 3, 2, 2], 52)];
+    // Every pre-activation x̂ + r̂ must be clear of the kink by more than a step moves it.
+    let f64s: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(DType::F64).unwrap()).collect();
+    let pre = (instance_norm3d_reference(&f64s[0], None, None, 1e-5).unwrap()
+        + instance_norm3d_reference(&f64s[1], None, None, 1e-5).unwrap())
+    .unwrap();
+    let min = pre.abs().unwrap().flatten_all().unwrap().min(0).unwrap();
+    let min = min.to_scalar::<f64>().unwrap();
+    assert!(min > 0.01, "pre-activation {min} too close to the kink for this test");
+    let negatives = pre.lt(0.0).unwrap().to_dtype(DType::F64).unwrap().sum_all().unwrap();
+    assert!(negatives.to_scalar::<f64>().unwrap() >= 2.0, "both slopes must be exercised");
+    let reference =
+        |t: &[Tensor]| instance_norm_add_norm_leaky_relu_reference(&t[0], &t[1], 1e-5, 0.2);
+    check_finite_differences("norm2 leaky ref", &reference, &inputs, DType::F64, 1e-6, 1e-6);
+    let fast = |t: &[Tensor]| instance_norm_add_norm_leaky_relu(&t[0], &t[1], 1e-5, 0.2);
+    check_finite_differences("norm2 leaky fast", &fast, &inputs, DType::F32, 1e-3, 2e-3);
+    let e = instance_norm_add_norm_leaky_relu(&inputs[0], &rand(&[1, 2, 3, 2, 1], 2), 1e-5, 0.2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("residual [1, 2, 3, 2, 1] must have the shape of x"), "{e}");
 }

@@ -3,6 +3,12 @@
 /// MONAI / PyTorch goldens: losses, sliding window, schedule, AdamW, clipping.
 mod golden;
 
+/// Gradient checkpointing (Swin blocks and CNN encoders) trains identically to the plain model.
+mod checkpointing;
+
+/// The one-node DiceCE loss against its composed reference and finite differences.
+mod fused_loss;
+
 /// The training loop: resume reproduces the loss sequence, NaN detection, run outputs.
 mod train_loop;
 
