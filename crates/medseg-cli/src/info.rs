@@ -5,8 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use medseg_infer::ModelSource;
-use medseg_infer::source::ConfigSource;
-use medseg_train::TrainConfig;
 
 /// Arguments of `medseg info`.
 #[derive(Debug, clap::Args)]
@@ -27,21 +25,7 @@ pub struct Args {
 
 /// Runs the subcommand.
 pub fn run(args: &Args) -> Result<()> {
-    let explicit = match (&args.preset, &args.config) {
-        (Some(p), _) => Some(ConfigSource {
-            config: TrainConfig::preset(p)
-                .with_context(|| format!("loading preset {p}"))?
-                .inference_config(),
-            origin: format!("preset {p}"),
-        }),
-        (None, Some(c)) => {
-            let text = std::fs::read_to_string(c)
-                .with_context(|| format!("reading config {}", c.display()))?;
-            let cfg = TrainConfig::from_toml(&text, c)?;
-            Some(ConfigSource { config: cfg.inference_config(), origin: c.display().to_string() })
-        }
-        (None, None) => None,
-    };
+    let explicit = crate::explicit_config(args.preset.as_deref(), args.config.as_deref())?;
     let source = ModelSource::from_path(&args.model, explicit)?;
     let info = medseg_infer::describe(&source)?;
     if args.json {

@@ -67,3 +67,31 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     })
 }
+
+/// The configuration named by `--preset` or `--config` (predict and info share these flags), as the inference
+/// settings of a training config; `None` when neither is given.
+fn explicit_config(
+    preset: Option<&str>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Option<medseg_infer::ConfigSource>> {
+    use anyhow::Context;
+    use medseg_train::TrainConfig;
+    Ok(match (preset, config) {
+        (Some(p), _) => Some(medseg_infer::ConfigSource {
+            config: TrainConfig::preset(p)
+                .with_context(|| format!("loading preset {p}"))?
+                .inference_config(),
+            origin: format!("preset {p}"),
+        }),
+        (None, Some(c)) => {
+            let text = std::fs::read_to_string(c)
+                .with_context(|| format!("reading config {}", c.display()))?;
+            let cfg = TrainConfig::from_toml(&text, c)?;
+            Some(medseg_infer::ConfigSource {
+                config: cfg.inference_config(),
+                origin: c.display().to_string(),
+            })
+        }
+        (None, None) => None,
+    })
+}

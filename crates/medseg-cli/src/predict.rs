@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use medseg_data::dataset::case_id;
-use medseg_infer::source::ConfigSource;
 use medseg_infer::{
     Cleanup, ModelSource, Observer, OutputType, PredictOptions, Predictor, Request, Resample,
     class_names, labels_of, plan,
 };
 use medseg_models::MergeOrder;
-use medseg_train::{TrainConfig, device_from_str};
+use medseg_train::device_from_str;
 
 /// Arguments of `medseg predict`.
 #[derive(Debug, clap::Args)]
@@ -152,21 +151,7 @@ pub fn run(args: &Args) -> Result<()> {
         // SAFETY: nothing has started a thread yet: this runs first in a single-threaded process.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
-    let explicit = match (&args.preset, &args.config) {
-        (Some(p), _) => Some(ConfigSource {
-            config: TrainConfig::preset(p)
-                .with_context(|| format!("loading preset {p}"))?
-                .inference_config(),
-            origin: format!("preset {p}"),
-        }),
-        (None, Some(c)) => {
-            let text = std::fs::read_to_string(c)
-                .with_context(|| format!("reading config {}", c.display()))?;
-            let cfg = TrainConfig::from_toml(&text, c)?;
-            Some(ConfigSource { config: cfg.inference_config(), origin: c.display().to_string() })
-        }
-        (None, None) => None,
-    };
+    let explicit = crate::explicit_config(args.preset.as_deref(), args.config.as_deref())?;
     let mut resolved = ModelSource::from_path(&args.model, explicit)?.resolve()?;
     let origin = resolved.origin.clone();
     if let Some(o) = args.overlap {
