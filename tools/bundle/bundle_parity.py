@@ -25,39 +25,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import os
 import shutil
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "golden"))
-
-
-def legacy_patch_merging_forward(self, x):
-    """MONAI < 1.5 `PatchMerging.forward` (duplicated sub-lattices), 3-D."""
-    b, d, h, w, c = x.shape
-    if (h % 2 == 1) or (w % 2 == 1) or (d % 2 == 1):
-        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
-    x0 = x[:, 0::2, 0::2, 0::2, :]
-    x1 = x[:, 1::2, 0::2, 0::2, :]
-    x2 = x[:, 0::2, 1::2, 0::2, :]
-    x3 = x[:, 0::2, 0::2, 1::2, :]
-    x4 = x[:, 1::2, 0::2, 1::2, :]
-    x5 = x[:, 0::2, 1::2, 0::2, :]
-    x6 = x[:, 0::2, 0::2, 1::2, :]
-    x7 = x[:, 1::2, 1::2, 1::2, :]
-    x = torch.cat([x0, x1, x2, x3, x4, x5, x6, x7], -1)
-    return self.reduction(self.norm(x))
 
 
 def monai_version_below_1_5(meta: dict) -> bool:
@@ -135,6 +114,8 @@ def cmd_monai(a):
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((bundle / "configs/metadata.json").read_text())
     if monai_version_below_1_5(meta):
+        from models_golden import legacy_patch_merging_forward
+
         swin_unetr.PatchMerging.forward = legacy_patch_merging_forward
     torch.set_num_threads(a.threads)
     cfg = monai_config(bundle, out, getattr(a, "nearest_interp", None))
