@@ -5,80 +5,64 @@
 
 const LANES: usize = 8;
 
-/// `y[i] = f(x[i])`, compiled for the best vector ISA of the running CPU (AVX-512, AVX2+FMA, or
-/// the x86-64 baseline); the repository never sets `target-cpu`, so this runtime dispatch is how
-/// `exp`/`erf` loops get wide vectors.
+/// Runs `f` compiled for the best vector ISA of the running CPU (AVX-512, AVX2+FMA, or the
+/// x86-64 baseline): the repository never sets `target-cpu`, so this runtime dispatch is how the
+/// kernels' plain loops (and `exp`/`erf`) get wide vectors. `f` must be an `#[inline(always)]`
+/// closure calling `#[inline(always)]` functions: a closure LLVM does not inline stays one
+/// baseline-ISA function called from every instance (`perf annotate` shows xmm registers then).
+#[inline(always)]
+pub(crate) fn vectorized<R, F: FnOnce() -> R>(f: F) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features enabled on `run_avx512`.
+            return unsafe { run_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above, for AVX2 + FMA.
+            return unsafe { run_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
+unsafe fn run_avx512<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<R, F: FnOnce() -> R>(f: F) -> R {
+    f()
+}
+
+/// `y[i] = f(x[i])`, [`vectorized`].
 #[inline(always)]
 pub(crate) fn map<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features enabled on `map_avx512`.
-            return unsafe { map_avx512(x, y, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above, for AVX2 + FMA.
-            return unsafe { map_avx2(x, y, f) };
-        }
-    }
-    map_plain(x, y, f)
+    vectorized(
+        #[inline(always)]
+        || {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = f(v);
+            }
+        },
+    )
 }
 
-/// `y[i] = f(a[i], b[i])`, dispatched like [`map`].
+/// `y[i] = f(a[i], b[i])`, [`vectorized`].
 #[inline(always)]
 pub(crate) fn map2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports the features enabled on `map2_avx512`.
-            return unsafe { map2_avx512(a, b, y, f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above, for AVX2 + FMA.
-            return unsafe { map2_avx2(a, b, y, f) };
-        }
-    }
-    map2_plain(a, b, y, f)
-}
-
-#[inline(always)]
-fn map_plain<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = f(v);
-    }
-}
-
-#[inline(always)]
-fn map2_plain<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
-    for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
-        *o = f(u, v);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
-unsafe fn map_avx512<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
-    map_plain(x, y, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map_avx2<F: Fn(f32) -> f32>(x: &[f32], y: &mut [f32], f: F) {
-    map_plain(x, y, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")]
-unsafe fn map2_avx512<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
-    map2_plain(a, b, y, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn map2_avx2<F: Fn(f32, f32) -> f32>(a: &[f32], b: &[f32], y: &mut [f32], f: F) {
-    map2_plain(a, b, y, f)
+    vectorized(
+        #[inline(always)]
+        || {
+            for ((o, &u), &v) in y.iter_mut().zip(a).zip(b) {
+                *o = f(u, v);
+            }
+        },
+    )
 }
 
 /// Sum of `xs` in f64, accumulated as eight f32 lanes per 1024-element block.
@@ -86,23 +70,10 @@ pub(crate) fn sum_f32(xs: &[f32]) -> f64 {
     xs.chunks(1024).map(|c| lane_sum(c, |v| v) as f64).sum()
 }
 
-/// `Σ (x − mean)²` in f64, accumulated as eight f32 lanes per 1024-element block.
-pub(crate) fn sum_sq_dev(xs: &[f32], mean: f32) -> f64 {
-    xs.chunks(1024).map(|c| lane_sum(c, |v| (v - mean) * (v - mean)) as f64).sum()
-}
-
 /// `Σ a·b` over eight f32 lanes (rows of a few hundred elements; no f64 needed).
 #[inline(always)]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    lane_sum2(a, b, |x, y| x * y)
 }
 
 /// Maximum over eight lanes (NaN-propagation is not needed: inputs are finite logits).
@@ -119,8 +90,9 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
     acc.iter().copied().fold(tail, f32::max)
 }
 
+/// `Σ f(x)` over eight f32 lanes (for blocks of up to a few thousand elements).
 #[inline(always)]
-fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+pub(crate) fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0f32; LANES];
     let mut it = xs.chunks_exact(LANES);
     for c in &mut it {
@@ -129,6 +101,20 @@ fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         }
     }
     let tail: f32 = it.remainder().iter().map(|&v| f(v)).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `Σ f(a, b)` over eight f32 lanes, pairwise over `a` and `b` (for blocks like [`lane_sum`]).
+#[inline(always)]
+pub(crate) fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(&x, &y)| f(x, y)).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l], y[l]);
+        }
+    }
     acc.iter().sum::<f32>() + tail
 }
 
