@@ -302,8 +302,15 @@ pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
-/// `dW = dy ⋆ x`: `x` `[N, Ci, img]`, `dy` `[N, Co, out]` → `dW` `[Co, Ci/g, K]`.
+/// `dW = dy ⋆ x`: `x` `[N, Ci, img]`, `dy` `[N, Co, out]` → `dW` `[Co, Ci/g, K]`; the direct
+/// AVX-512 kernel where it applies, else tiled im2col + GEMM.
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    super::direct_weight::backward_weight(g, x, dy)
+        .unwrap_or_else(|| backward_weight_im2col(g, x, dy))
+}
+
+/// [`backward_weight`] by tiled im2col + GEMM (every geometry).
+pub(crate) fn backward_weight_im2col(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
     let (img_len, out_len) = (g.img_len(), g.out_len());
     let tiles = g.tiles(WEIGHT_TILE_POSITIONS);
