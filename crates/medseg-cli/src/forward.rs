@@ -32,8 +32,8 @@ pub struct Args {
     /// Accept checkpoints that lack some parameters (they keep their random initial values).
     #[arg(long)]
     allow_missing: bool,
-    /// Operand precision of the convolution products on CPU: f32, or bf16 (bf16 operands, f32
-    /// accumulation, norms and softmax in f32; needs AVX-512 BF16, else f32 runs).
+    /// Operand precision of the convolution and linear-layer products on CPU: f32, or bf16 (bf16
+    /// operands, f32 accumulation, norms and softmax in f32; needs AVX-512 BF16, else f32 runs).
     #[arg(long, default_value = "f32")]
     precision: medseg_ops::Precision,
 }
@@ -42,7 +42,7 @@ pub struct Args {
 pub(crate) fn report_precision(p: medseg_ops::Precision) {
     if p == medseg_ops::Precision::Bf16 {
         if medseg_ops::bf16_dot_available() {
-            eprintln!("precision: bf16 convolution products (AVX-512 BF16), f32 accumulation");
+            eprintln!("precision: bf16 convolution and linear products (AVX-512 BF16), f32 sums");
         } else {
             eprintln!("precision: bf16 requested, but this CPU lacks AVX-512 BF16: running f32");
         }

@@ -87,8 +87,9 @@ pub struct Args {
     /// CPU threads for the network and the post-processing, ≥ 1 (default: every core).
     #[arg(long = "nr-threads", value_parser = parse_batch)]
     pub nr_threads: Option<usize>,
-    /// Operand precision of the network's convolution products on CPU: f32, or bf16 (bf16
-    /// operands, f32 accumulation, norms and softmax in f32; needs AVX-512 BF16, else f32 runs).
+    /// Operand precision of the network's convolution and linear-layer products on CPU: f32, or
+    /// bf16 (bf16 operands, f32 accumulation, norms and softmax in f32; needs AVX-512 BF16, else
+    /// f32 runs).
     #[arg(long, default_value = "f32")]
     pub precision: medseg_ops::Precision,
     /// Swin UNETR patch-merging order: legacy (MONAI < 1.5: every published BTCV/SSL/Swin SMT

@@ -41,12 +41,13 @@ pub(crate) fn linear(cin: usize, cout: usize, bias: bool, vb: VarBuilder) -> Res
     Ok(Linear::new(w, b))
 }
 
-/// Applies a Linear to the last dim of a tensor of any rank.
+/// Applies a Linear to the last dim of a tensor of any rank ([`medseg_ops::linear`]: candle's
+/// matmul in f32, bf16 products under `Precision::Bf16`).
 pub(crate) fn apply_linear(l: &Linear, xs: &Tensor) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
     let c = dims[dims.len() - 1];
     // [.., C] -> [M, C]
-    let y = l.forward(&xs.reshape(((), c))?)?;
+    let y = medseg_ops::linear(&xs.reshape(((), c))?, l.weight(), l.bias())?;
     let mut out = dims;
     let last = out.len() - 1;
     out[last] = y.dim(1)?;

@@ -1,6 +1,7 @@
 //! medseg-ops: the 3-D tensor operations candle 0.11 lacks, as candle ops with backward.
 //!
-//! One folder per op family (`activation`, `attention`, `conv`, `interpolate`, `norm`, `window`):
+//! One folder per op family (`activation`, `attention`, `conv`, `interpolate`, `linear`, `norm`,
+//! `window`):
 //! `mod.rs` names the public functions, `op.rs` holds them with their `*_reference` twins, `cpu.rs`
 //! the CPU kernels as candle custom ops, and where the family has a CUDA kernel of ours
 //! (`kernels/*.cu`), `cuda.rs` its launches: one custom op per kernel, with `cpu_fwd` and
@@ -25,6 +26,7 @@ mod conv;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod interpolate;
+mod linear;
 mod norm;
 mod precision;
 mod simd;
@@ -45,6 +47,7 @@ pub use conv::{
     conv_transpose3d_reference, conv3d, conv3d_im2col, conv3d_reference,
 };
 pub use interpolate::{InterpolationMode, Resize, interpolate3d, interpolate3d_reference};
+pub use linear::{linear, linear_reference};
 pub use norm::{
     instance_norm_add_norm_leaky_relu, instance_norm_add_norm_leaky_relu_reference,
     instance_norm_leaky_relu, instance_norm_leaky_relu_reference, instance_norm3d,

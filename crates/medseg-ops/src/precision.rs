@@ -1,15 +1,16 @@
-//! The compute precision of the CPU convolution products, chosen per thread for a scope.
+//! The compute precision of the CPU convolution and linear products, chosen per thread for a
+//! scope.
 //!
-//! [`Precision::Bf16`] runs the forward product of `conv3d` with both operands rounded to bf16
-//! (round to nearest even) and products summed in f32 by AVX-512 BF16 dot products
-//! (`vdpbf16ps`), where the CPU has them and the geometry suits the direct kernel; everything
-//! else (norms, softmax, the other ops, backward products) stays in f32, and so do the tensors
+//! [`Precision::Bf16`] runs the forward product of `conv3d` (where the geometry suits the direct
+//! kernel) and of `linear` with both operands rounded to bf16 (round to nearest even) and
+//! products summed in f32 by AVX-512 BF16 dot products (`vdpbf16ps`), where the CPU has them;
+//! everything else (norms, softmax, the other ops, backward products) stays in f32, and so do the tensors
 //! between ops. Without AVX-512 BF16 (or off x86-64) the setting changes nothing: the f32 path
 //! runs. The setting is read on the thread that calls the op, so a forward pass run inside
 //! [`with_precision`] uses it however many threads the kernels then spread over.
 use std::cell::Cell;
 
-/// Operand precision of the convolution products (accumulation is f32 in both).
+/// Operand precision of the convolution and linear products (accumulation is f32 in both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 operands (the default).
@@ -73,6 +74,15 @@ pub fn bf16_dot_available() -> bool {
     {
         false
     }
+}
+
+/// f32 → bf16 bits, rounded to nearest even (NaN stays a quiet NaN): the operand rounding of
+/// the bf16 kernels, the same as candle's `to_dtype(BF16)`.
+#[inline(always)]
+pub(crate) fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    if v.is_nan() { 0x7fc0 } else { rounded }
 }
 
 #[cfg(test)]

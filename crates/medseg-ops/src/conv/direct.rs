@@ -22,6 +22,7 @@
 use rayon::prelude::*;
 
 use super::cpu::ConvGeom;
+use crate::precision::bf16_bits;
 use crate::storage::SyncPtr;
 
 /// Vectors per tile (16 output positions each).
@@ -219,14 +220,6 @@ fn forward_avx512(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
         }
     });
     y
-}
-
-/// f32 → bf16 bits, rounded to nearest even (NaN stays a quiet NaN).
-#[inline(always)]
-fn bf16_bits(v: f32) -> u32 {
-    let b = v.to_bits();
-    let rounded = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
-    if v.is_nan() { 0x7fc0 } else { rounded }
 }
 
 /// Images `[N][C][len]` (f32) → channel pairs `[N][⌈C/2⌉][len]`, each element one 32-bit word

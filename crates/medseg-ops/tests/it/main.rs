@@ -9,6 +9,7 @@ mod device;
 mod golden;
 mod grad_coverage;
 mod interpolate;
+mod linear;
 mod norm;
 mod window;
 
