@@ -351,7 +351,7 @@ fn item_kernel<const WM: usize, const NM: usize, const FMA: bool>(item: Item<'_>
             );
             for r in 0..rows {
                 let (bias_row, mask_row) = extra(i0 + r);
-                let l = softmax_row(&mut pb[r * nkp..(r + 1) * nkp], bias_row, mask_row, nv);
+                let l = softmax_row::<FMA>(&mut pb[r * nkp..(r + 1) * nkp], bias_row, mask_row, nv);
                 if let Some(lse) = lse_b.as_deref_mut() {
                     lse[h * nq + i0 + r] = l;
                 }
@@ -440,11 +440,15 @@ fn item_kernel<const WM: usize, const NM: usize, const FMA: bool>(item: Item<'_>
     }
 }
 
+/// Lanes of the softmax's running maximum and sum.
+const LANES: usize = 16;
+
 /// In place on the row `s` of scores (`nkp` long): `p = softmax(s + bias_row + mask_row)` over the
 /// first `nv` keys, `p = 0` for the others (padding included); returns the row's log-sum-exp
-/// (`−∞` when `nv = 0`).
+/// (`−∞` when `nv = 0`). The maximum and the sum run over [`LANES`] lanes, the exponentials in
+/// the same pass as the sum.
 #[inline(always)]
-fn softmax_row(
+fn softmax_row<const FMA: bool>(
     s: &mut [f32],
     bias_row: Option<&[f32]>,
     mask_row: Option<&[f32]>,
@@ -465,11 +469,28 @@ fn softmax_row(
             *o += x;
         }
     }
-    let mx = simd::max(pv);
-    for v in pv.iter_mut() {
-        *v = exp(*v - mx);
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = pv.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
     }
-    let sum = simd::sum_f32(pv) as f32;
+    let mx = chunks.remainder().iter().chain(&lanes).copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0f32; LANES];
+    let mut chunks = pv.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (acc, x) in lanes.iter_mut().zip(c) {
+            *x = exp_nonpositive::<FMA>(*x - mx);
+            *acc += *x;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive::<FMA>(*x - mx);
+        sum += *x;
+    }
+    let sum = lanes.iter().sum::<f32>() + sum;
     let inv = 1.0 / sum;
     for v in pv.iter_mut() {
         *v *= inv;
@@ -477,35 +498,41 @@ fn softmax_row(
     mx + sum.ln()
 }
 
-/// `e^x`, bit for bit [`simd::exp`] (same clamp, reduction and polynomial), with the exponent `n`
-/// read from the bits of the rounding sum `x·log2(e) + 1.5·2²³` (whose last bits hold `n`)
-/// instead of a saturating float → int cast, which LLVM compiles to one scalar conversion per
-/// lane.
+/// `a·b + c`, fused when `FMA` (callers enable the `fma` target feature then).
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// `e^x` for `x ≤ 0` (softmax arguments `s − max`): ≈ 2 ulp, 0 below −87.3 (so that masked keys
+/// get exact zeros), NaN kept. [`simd::exp`]'s range reduction and polynomial (with fused
+/// multiply-adds when `FMA`), but `2^n` is read from the bits of the rounding sum
+/// `x·log2(e) + 1.5·2²³` (whose last bits hold `n ∈ [−126, 0]`): a float → int cast compiles to
+/// one scalar conversion per lane, and `n ≤ 0` needs no split of the scale.
+#[inline(always)]
+fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const MAGIC: f32 = 12_582_912.0;
+    const LOW: f32 = -87.336_55;
     let x0 = x;
-    let x = x.clamp(-87.336_55, 88.722_83);
-    let t = x * LOG2E + MAGIC;
+    // Not `max`: a NaN must stay NaN.
+    let x = if x < LOW { LOW } else { x };
+    let t = mul_add::<FMA>(x, LOG2E, MAGIC);
     let n = t - MAGIC;
-    let r = x - n * LN2_HI - n * LN2_LO;
+    let r = mul_add::<FMA>(n, -LN2_LO, mul_add::<FMA>(n, -LN2_HI, x));
     let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 0.166_666_66;
-    let p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    // t ∈ [2²³, 2²⁴) has an ulp of 1, so its bits are MAGIC's plus n (|n| ≤ 128).
+    let p = mul_add::<FMA>(p, r, 1.398_199_9e-3);
+    let p = mul_add::<FMA>(p, r, 8.333_452e-3);
+    let p = mul_add::<FMA>(p, r, 4.166_579_6e-2);
+    let p = mul_add::<FMA>(p, r, 0.166_666_66);
+    let p = mul_add::<FMA>(p, r, 0.5);
+    let e = mul_add::<FMA>(p, r * r, r) + 1.0;
+    // t ∈ [2²³, 2²⁴) has an ulp of 1, so its bits are MAGIC's plus n.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let half = ni >> 1;
-    let s1 = f32::from_bits((half.wrapping_add(127) as u32) << 23);
-    let s2 = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) as u32) << 23);
-    let y = e * s1 * s2;
-    if x0 < -87.336_55 { 0.0 } else { y }
+    let y = e * f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    if x0 < LOW { 0.0 } else { y }
 }
 
 /// `c[i·c_rs + j] (+)= alpha·Σ_kk a[i·a_rs + kk·a_cs]·b[kk·b_rs + j]` for `i < m`, `j < n`
@@ -536,22 +563,8 @@ fn gemm<const MR: usize, const NR: usize, const FMA: bool>(
         }
         return;
     }
-    let store = |c: &mut [f32],
-                 acc: &[[f32; NR]; MR],
-                 row0: usize,
-                 rows: std::ops::Range<usize>,
-                 j0,
-                 add: bool| {
-        // Every row, skipping those outside `rows`: a constant index keeps `acc` in registers.
-        for (r, acc_r) in acc.iter().enumerate() {
-            if !rows.contains(&r) {
-                continue;
-            }
-            let out = &mut c[(row0 + r) * c_rs + j0..][..NR];
-            for (x, &y) in out.iter_mut().zip(acc_r) {
-                *x = if add { *x + alpha * y } else { alpha * y };
-            }
-        }
+    let store = |c: &mut [f32], acc: &[[f32; NR]; MR], row0, rows, j0, add| {
+        store_tile::<MR, NR>((c, c_rs), acc, row0, rows, j0, (alpha, add))
     };
     if m < MR {
         // Fewer rows than a tile: copy them into a zero-padded `MR × k` operand.
@@ -581,6 +594,29 @@ fn gemm<const MR: usize, const NR: usize, const FMA: bool>(
                     tile::<MR, NR, FMA>((a_tile, a_rs, a_cs), (&b[k0 * b_rs + j0..], b_rs), kb);
                 store(c, &acc, start, i0 - start..MR, j0, accumulate || k0 > 0);
             }
+        }
+    }
+}
+
+/// Rows `rows` of the tile `acc` into `c` from row `row0`, column `j0`: `c = alpha·acc`, or
+/// `c += alpha·acc` when `add`.
+#[inline(always)]
+fn store_tile<const MR: usize, const NR: usize>(
+    (c, c_rs): (&mut [f32], usize),
+    acc: &[[f32; NR]; MR],
+    row0: usize,
+    rows: std::ops::Range<usize>,
+    j0: usize,
+    (alpha, add): (f32, bool),
+) {
+    // Every row, skipping those outside `rows`: a constant index keeps `acc` in registers.
+    for (r, acc_r) in acc.iter().enumerate() {
+        if !rows.contains(&r) {
+            continue;
+        }
+        let out = &mut c[(row0 + r) * c_rs + j0..][..NR];
+        for (x, &y) in out.iter_mut().zip(acc_r) {
+            *x = if add { *x + alpha * y } else { alpha * y };
         }
     }
 }
@@ -794,13 +830,22 @@ mod tests {
     }
 
     #[test]
-    fn own_exp_is_simd_exp_bit_for_bit() {
-        for i in -9000..9000 {
-            let x = i as f32 * 0.0123;
-            assert_eq!(exp(x).to_bits(), simd::exp(x).to_bits(), "x = {x}");
-        }
-        for x in [-1e30, -87.4, -87.336_55, 88.722_83, 88.8, 1e30, 0.0, -0.0] {
-            assert_eq!(exp(x).to_bits(), simd::exp(x).to_bits(), "x = {x}");
+    fn exp_nonpositive_matches_f64() {
+        for fma in [false, true] {
+            let f =
+                |x: f32| if fma { exp_nonpositive::<true>(x) } else { exp_nonpositive::<false>(x) };
+            let mut worst = 0f64;
+            for i in 0..=87_300 {
+                let x = -(i as f32) * 1e-3;
+                let want = f64::from(x).exp();
+                worst = worst.max((f64::from(f(x)) - want).abs() / want);
+            }
+            assert!(worst < 3e-7, "fma {fma}: worst relative error {worst}");
+            assert_eq!(f(0.0), 1.0);
+            assert_eq!(f(-87.4), 0.0);
+            assert_eq!(f(-100.0), 0.0);
+            assert_eq!(f(f32::NEG_INFINITY), 0.0);
+            assert!(f(f32::NAN).is_nan());
         }
     }
 
