@@ -615,9 +615,16 @@ fn store_tile<const MR: usize, const NR: usize>(
             continue;
         }
         let out = &mut c[(row0 + r) * c_rs + j0..][..NR];
-        for (x, &y) in out.iter_mut().zip(acc_r) {
-            *x = if add { *x + alpha * y } else { alpha * y };
+        // Whole rows loaded before anything is stored, so that the row compiles to vector
+        // operations (LLVM does not always see that `c` and `acc` are apart).
+        let mut row = [0f32; NR];
+        if add {
+            row.copy_from_slice(out);
         }
+        for (x, &y) in row.iter_mut().zip(acc_r) {
+            *x += alpha * y;
+        }
+        out.copy_from_slice(&row);
     }
 }
 
