@@ -112,6 +112,22 @@ pub(crate) fn forward(
     mask: Option<&[f32]>,
     lse: Option<&mut [f32]>,
 ) -> Vec<f32> {
+    forward_with(g, layout, qkv, (bias, mask), lse, dispatch)
+}
+
+/// The per-item kernel [`forward`] and [`backward`] run: [`dispatch`], or one instance of
+/// [`item_kernel`] in the tests.
+type Kernel = for<'a> fn(Item<'a>);
+
+/// [`forward`] with `kernel` for each batch item.
+fn forward_with(
+    g: &AttentionGeom,
+    layout: QkvLayout,
+    qkv: &[f32],
+    (bias, mask): (Option<&[f32]>, Option<&[f32]>),
+    lse: Option<&mut [f32]>,
+    kernel: Kernel,
+) -> Vec<f32> {
     let offsets = layout.offsets(g);
     let per_item = g.out_len() / g.batch;
     let mut out = vec![0f32; g.out_len()];
@@ -121,7 +137,7 @@ pub(crate) fn forward(
     };
     out.par_chunks_mut(per_item).zip(lse_chunks.par_iter_mut()).enumerate().for_each(
         |(b, (out_b, lse_b))| {
-            dispatch(Item {
+            kernel(Item {
                 g,
                 offsets: &offsets,
                 b,
@@ -150,6 +166,18 @@ pub(crate) fn backward(
     mask: Option<&[f32]>,
     dout: &[f32],
 ) -> Vec<f32> {
+    backward_with(g, layout, qkv, (bias, mask), dout, dispatch)
+}
+
+/// [`backward`] with `kernel` for each batch item.
+fn backward_with(
+    g: &AttentionGeom,
+    layout: QkvLayout,
+    qkv: &[f32],
+    (bias, mask): (Option<&[f32]>, Option<&[f32]>),
+    dout: &[f32],
+    kernel: Kernel,
+) -> Vec<f32> {
     let offsets = layout.offsets(g);
     let nb = if bias.is_some() { g.bias_len() } else { 0 };
     let mut out = vec![0f32; qkv.len() + nb];
@@ -161,7 +189,7 @@ pub(crate) fn backward(
         .map(|gi| {
             let mut acc = vec![0f32; nb];
             for b in gi * per_group..((gi + 1) * per_group).min(g.batch) {
-                dispatch(Item {
+                kernel(Item {
                     g,
                     offsets: &offsets,
                     b,
@@ -955,6 +983,59 @@ mod tests {
         assert_eq!(db.len(), g.bias_len());
         for (&got, &want) in db.iter().zip(&dbias) {
             close(got, want, "dbias");
+        }
+    }
+
+    /// Every tile configuration (the AVX-512, AVX2 and plain instances, run here without their
+    /// target features) gives the dispatched kernel's results bit for bit when it fuses the
+    /// multiply-adds as the dispatched one does (the tiles do not change the sums), and the same
+    /// within rounding without fusing.
+    #[test]
+    fn tile_configurations_agree() {
+        for layout in [QkvLayout::Packed, QkvLayout::Interleaved] {
+            let g = AttentionGeom {
+                batch: 4,
+                heads: 3,
+                nq: 41,
+                nk: 41,
+                d: 6,
+                dv: 6,
+                mask_windows: 2,
+                n_valid: 41,
+                scale: 0.4,
+            };
+            let qkv = values(layout.qkv_len(&g), 11);
+            let bias = values(g.bias_len(), 12);
+            let mask = values(g.mask_len(), 13);
+            let dout = values(g.out_len(), 14);
+            let extra = (Some(bias.as_slice()), Some(mask.as_slice()));
+            let run = |kernel: Kernel| {
+                let mut lse = vec![0f32; g.lse_len()];
+                let mut all = forward_with(&g, layout, &qkv, extra, Some(&mut lse), kernel);
+                all.extend(lse);
+                all.extend(backward_with(&g, layout, &qkv, extra, &dout, kernel));
+                all
+            };
+            let want = run(dispatch);
+            #[cfg(target_arch = "x86_64")]
+            let fused = std::arch::is_x86_feature_detected!("fma");
+            #[cfg(not(target_arch = "x86_64"))]
+            let fused = false;
+            for (kernel, fma) in [
+                (item_kernel::<8, 8, true> as Kernel, true),
+                (item_kernel::<3, 6, true>, true),
+                (item_kernel::<1, 3, false>, false),
+            ] {
+                let got = run(kernel);
+                assert_eq!(got.len(), want.len());
+                for (i, (&x, &y)) in got.iter().zip(&want).enumerate() {
+                    if fma == fused {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{layout:?} fma {fma} element {i}");
+                    } else {
+                        assert!((x - y).abs() <= 1e-5 * (1.0 + y.abs()), "{layout:?} {i}: {x} {y}");
+                    }
+                }
+            }
         }
     }
 }
