@@ -128,7 +128,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.336_55, 88.722_83);
     // Round to nearest with the 1.5·2²³ trick (vectorises without SSE4.1's roundps).
     const MAGIC: f32 = 12_582_912.0;
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on [−ln2/2, ln2/2].
     let p = 1.987_569_1e-4_f32;
@@ -141,7 +142,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     // 2^n by exponent bits; n ∈ [−126, 128] after the clamp, 2^128 handled by splitting.
     // Wrapping integer ops: n is bounded by the clamp, and checked arithmetic (debug/test builds)
     // would put an overflow branch in the loop and stop it vectorising.
-    let ni = n as i32;
+    // n as an integer from the bits of t (t lies in [2²³, 2²⁴), where one ulp is 1): a float →
+    // int cast would saturate, which LLVM compiles to one scalar conversion per lane.
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let half = ni >> 1;
     let s1 = f32::from_bits((half.wrapping_add(127) as u32) << 23);
     let s2 = f32::from_bits((ni.wrapping_sub(half).wrapping_add(127) as u32) << 23);
