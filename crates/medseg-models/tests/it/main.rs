@@ -3,6 +3,8 @@
 // Swin SMT on CUDA against the CPU and the goldens (feature `cuda`; skipped without a device).
 #[cfg(feature = "cuda")]
 mod cuda;
+// A batched forward equals the forwards of its items alone up to rounding (f32 and bf16).
+mod batch_items;
 // Shared fixtures: formula weights and inputs identical to tools/golden/models_golden.py.
 mod common;
 // Config parsing, presets and validation errors.
