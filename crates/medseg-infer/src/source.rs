@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use candle::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use medseg_models::loader::{frozen_var_builder, load_into_varmap, read_checkpoint};
+use candle_nn::VarMap;
+use medseg_models::loader::{
+    frozen_var_builder, load_into_varmap, read_checkpoint, zero_init_var_builder,
+};
 
 use crate::config::InferenceConfig;
 use crate::invert::Resample;
@@ -248,9 +250,9 @@ impl ResolvedModel {
         };
         self.config.validate()?;
         let varmap = VarMap::new();
-        // Creates the variables (checkpoint names) on the target device; the weights are copied
-        // into them.
-        self.config.model.build(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        // Creates the variables (checkpoint names, zero-filled) on the target device; the
+        // weights are copied into them.
+        self.config.model.build(zero_init_var_builder(&varmap, DType::F32, device))?;
         let report = load_into_varmap(&varmap, &ckpt).map_err(|e| Error::Model {
             path: weights.clone(),
             reason: format!(

@@ -22,6 +22,7 @@ pub mod unetr_blocks;
 pub use config::{MergeOrder, MoeKind, MoePadding, PerDim, SwinUnetrConfig};
 pub use loader::{
     LoadReport, frozen_var_builder, load_file, load_into_varmap, rename, save_safetensors,
+    zero_init_var_builder,
 };
 pub use param_count::{count_parameters, parameter_shapes};
 pub use soft_moe::{DynamicSlotsSoftMoe, Ffn, SoftMoe};

@@ -314,6 +314,40 @@ pub fn frozen_var_builder(varmap: &VarMap) -> Result<candle_nn::VarBuilder<'stat
     Ok(candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &device))
 }
 
+/// A `VarBuilder` that creates the variables of `varmap` filled with zeros, whatever
+/// initialisation the model asks for: for building a model whose weights are loaded next
+/// ([`load_into_varmap`]), so no random initialisation is computed only to be overwritten
+/// (62 M uniform draws for fs48).
+pub fn zero_init_var_builder(
+    varmap: &VarMap,
+    dtype: DType,
+    device: &Device,
+) -> candle_nn::VarBuilder<'static> {
+    /// `varmap` with every initialisation hint replaced by zeros.
+    struct ZeroInit(VarMap);
+    impl candle_nn::var_builder::SimpleBackend for ZeroInit {
+        fn get(
+            &self,
+            s: candle::Shape,
+            name: &str,
+            _hint: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle::Result<Tensor> {
+            self.0.get(s, name, candle_nn::Init::Const(0.0), dtype, dev)
+        }
+
+        fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle::Result<Tensor> {
+            candle_nn::var_builder::SimpleBackend::get_unchecked(&self.0, name, dtype, dev)
+        }
+
+        fn contains_tensor(&self, name: &str) -> bool {
+            candle_nn::var_builder::SimpleBackend::contains_tensor(&self.0, name)
+        }
+    }
+    candle_nn::VarBuilder::from_backend(Box::new(ZeroInit(varmap.clone())), dtype, device.clone())
+}
+
 /// Reads `path` and loads it into `varmap` (see [`load_into_varmap`]).
 pub fn load_file(varmap: &VarMap, path: &Path) -> Result<LoadReport> {
     load_into_varmap(varmap, &read_checkpoint(path)?)

@@ -119,15 +119,13 @@ fn tap_table(g: &ConvGeom, vs: &[Vector], out: &mut Vec<Tap>) {
                     if id < 0 || id >= di || ih < 0 || ih >= hi {
                         continue;
                     }
-                    // Input column of lane l: ow + l + kw·d − p (W stride 1).
+                    // Input column of lane l: ow + l + kw·d − p (W stride 1); the lanes with
+                    // 0 ≤ iw < Wi are first..end.
                     let iw0 = (vec.ow + kw * g.dil[2]) as isize - g.pad[2] as isize;
-                    let mut mask = 0u16;
-                    for l in 0..vec.lanes {
-                        let iw = iw0 + l as isize;
-                        if iw >= 0 && iw < wi {
-                            mask |= 1 << l;
-                        }
-                    }
+                    let first = (-iw0).clamp(0, vec.lanes as isize) as u32;
+                    let end = (wi - iw0).clamp(0, vec.lanes as isize) as u32;
+                    let below = |n: u32| ((1u32 << n) - 1) as u16;
+                    let mask = if end > first { below(end) & !below(first) } else { 0 };
                     if mask != 0 {
                         tap.off[v] = (id * hi + ih) * wi + iw0;
                         tap.mask[v] = mask;
