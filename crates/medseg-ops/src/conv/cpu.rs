@@ -302,6 +302,61 @@ pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     y
 }
 
+/// [`forward_im2col`] with bf16 operands, for `Precision::Bf16` where the direct kernel does not
+/// apply (the small deep levels): each tile's unfolded columns and the weight are rounded to bf16
+/// and multiplied by the `linear` op's `vdpbf16ps` kernel (f32 sums). `None` without AVX-512 BF16.
+pub(crate) fn forward_im2col_bf16(g: &ConvGeom, x: &[f32], w: &[f32]) -> Option<Vec<f32>> {
+    if !crate::precision::bf16_dot_available() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::linear::cpu::{pair_panel, pair_rows, product_block};
+        let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
+        let (img_len, out_len) = (g.img_len(), g.out_len());
+        let weights: Vec<Vec<u32>> = (0..g.groups)
+            .map(|gi| pair_rows(&w[gi * co_g * rows..(gi + 1) * co_g * rows], co_g, rows))
+            .collect();
+        let tiles = g.tiles(TILE_POSITIONS);
+        let nt = tiles.len();
+        let mut y = vec![0f32; g.column_numel()];
+        let yp = SyncPtr(y.as_mut_ptr());
+        (0..g.n * g.groups * nt).into_par_iter().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(buf, panel): &mut (Vec<f32>, Vec<u32>), task| {
+                let tile = &tiles[task % nt];
+                let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
+                let tl = g.tile_len(tile);
+                buf.resize(rows * tl, 0.0);
+                g.im2col(&x[(b * g.ci + gi * ci_g) * img_len..], ci_g, tile, buf);
+                let np = pair_panel(buf, rows, tl, panel);
+                let dst_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
+                // SAFETY: AVX-512 BF16 is present (checked above); the weight pairs hold co_g
+                // rows of ⌈rows/2⌉ words, the panel ⌈rows/2⌉ rows of np words; the destination
+                // block (co_g rows × tl columns, row stride out_len) belongs to this task alone.
+                unsafe {
+                    product_block(
+                        &weights[gi],
+                        rows.div_ceil(2),
+                        co_g,
+                        panel,
+                        np,
+                        tl,
+                        yp.ptr().add(dst_off),
+                        out_len,
+                    )
+                }
+            },
+        );
+        Some(y)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (g, x, w);
+        None
+    }
+}
+
 /// `dW = dy ⋆ x`: `x` `[N, Ci, img]`, `dy` `[N, Co, out]` → `dW` `[Co, Ci/g, K]`; the direct
 /// AVX-512 kernel where it applies, else tiled im2col + GEMM.
 pub(crate) fn backward_weight(g: &ConvGeom, x: &[f32], dy: &[f32]) -> Vec<f32> {
@@ -538,7 +593,9 @@ impl CustomOp2 for Conv3dOp {
         let g = &self.0;
         let (x, w) = (f32_slice("conv3d", s1, l1)?, f32_slice("conv3d", s2, l2)?);
         let bf16 = match self.1 {
-            Precision::Bf16 => super::direct::forward_bf16(g, x, w),
+            Precision::Bf16 => {
+                super::direct::forward_bf16(g, x, w).or_else(|| forward_im2col_bf16(g, x, w))
+            }
             Precision::F32 => None,
         };
         let y = bf16.unwrap_or_else(|| forward(g, x, w));

@@ -74,45 +74,105 @@ fn product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32
     }
     y.par_chunks_mut(ROWS * n).zip(x.par_chunks(ROWS * k)).for_each(|(yc, xc)| {
         let rows = xc.len() / k.max(1);
-        let mut pairs = vec![0u32; rows * k2];
-        crate::simd::vectorized(
-            #[inline(always)]
-            || {
-                for (pr, xr) in pairs.chunks_mut(k2).zip(xc.chunks(k)) {
-                    for (p, two) in pr.iter_mut().zip(xr.chunks(2)) {
-                        let hi = if two.len() == 2 { bf16_bits(two[1]) << 16 } else { 0 };
-                        *p = bf16_bits(two[0]) | hi;
-                    }
+        let pairs = pair_rows(xc, rows, k);
+        // SAFETY: the CPU has AVX-512 BF16 (checked above); `pairs` holds `rows` rows of k2
+        // words, the panel k2 rows of np words, `yc` `rows` rows of n floats.
+        unsafe { product_block(&pairs, k2, rows, &panel, np, n, yc.as_mut_ptr(), n) }
+    });
+    Ok(y)
+}
+
+/// `rows` rows of `k` floats → rows of `⌈k/2⌉` words, elements `2j` and `2j + 1` in bf16 in the
+/// low and high halves (0 past `k`): the row operand of [`product_block`].
+pub(crate) fn pair_rows(x: &[f32], rows: usize, k: usize) -> Vec<u32> {
+    let k2 = k.div_ceil(2);
+    let mut pairs = vec![0u32; rows * k2];
+    crate::simd::vectorized(
+        #[inline(always)]
+        || {
+            for (pr, xr) in pairs.chunks_mut(k2).zip(x.chunks(k)) {
+                for (p, two) in pr.iter_mut().zip(xr.chunks(2)) {
+                    let hi = if two.len() == 2 { bf16_bits(two[1]) << 16 } else { 0 };
+                    *p = bf16_bits(two[0]) | hi;
                 }
-            },
-        );
-        for m0 in (0..rows).step_by(MR) {
-            let mr = MR.min(rows - m0);
-            for n0 in (0..np).step_by(NV * LANES) {
-                let call = avx512::Block {
-                    x: pairs[m0 * k2..].as_ptr(),
-                    k2,
-                    rows: mr,
-                    panel: panel[n0..].as_ptr(),
-                    np,
-                    y: yc[m0 * n..].as_mut_ptr(),
-                    n,
-                    n0,
-                };
-                // SAFETY: the CPU has AVX-512F and AVX-512 BF16 (checked above); `x` has `mr`
-                // rows of k2 words, the panel k2 rows of np ≥ n0 + 16·vectors words, `y` `mr`
-                // rows of n floats from this task's block (stores masked to columns < n).
-                unsafe {
-                    match ((np - n0) / LANES).min(NV) {
-                        3 => avx512::block::<3>(&call),
-                        2 => avx512::block::<2>(&call),
-                        _ => avx512::block::<1>(&call),
+            }
+        },
+    );
+    pairs
+}
+
+/// `[k, n]` floats (row-major, `k` rows) → the panel operand of [`product_block`] in `panel`:
+/// `⌈k/2⌉` rows of `np` words (`np`, returned, is `n` rounded up to 16), word `(j, c)` holding
+/// rows `2j` and `2j + 1` of column `c` in bf16 (zeros past `n` and past `k`).
+pub(crate) fn pair_panel(b: &[f32], k: usize, n: usize, panel: &mut Vec<u32>) -> usize {
+    let np = n.div_ceil(LANES) * LANES;
+    panel.clear();
+    panel.resize(k.div_ceil(2) * np, 0);
+    crate::simd::vectorized(
+        #[inline(always)]
+        || {
+            for (j, row) in panel.chunks_mut(np).enumerate() {
+                let lo = &b[2 * j * n..(2 * j + 1) * n];
+                if 2 * j + 1 < k {
+                    let hi = &b[(2 * j + 1) * n..(2 * j + 2) * n];
+                    for ((o, &a), &c) in row.iter_mut().zip(lo).zip(hi) {
+                        *o = bf16_bits(a) | (bf16_bits(c) << 16);
+                    }
+                } else {
+                    for (o, &a) in row.iter_mut().zip(lo) {
+                        *o = bf16_bits(a);
                     }
                 }
             }
+        },
+    );
+    np
+}
+
+/// `y[r, c] = Σ_j pairs[r, j] · panel[j, c]` (pairwise bf16 products, f32 sums in `j` order) for
+/// `rows` rows and `n` columns, row `r` of `y` at `y + r·ldy`; single-threaded.
+///
+/// # Safety
+/// The CPU must have AVX-512F and AVX-512 BF16; `pairs` holds `rows` rows of `k2` words, `panel`
+/// `k2` rows of `np ≥ n` words (`np` a multiple of 16), and `y` `rows` rows of `n` writable
+/// floats `ldy` apart that nothing else accesses meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn product_block(
+    pairs: &[u32],
+    k2: usize,
+    rows: usize,
+    panel: &[u32],
+    np: usize,
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    for m0 in (0..rows).step_by(MR) {
+        let mr = MR.min(rows - m0);
+        for n0 in (0..np).step_by(NV * LANES) {
+            let call = avx512::Block {
+                x: pairs[m0 * k2..].as_ptr(),
+                k2,
+                rows: mr,
+                panel: panel[n0..].as_ptr(),
+                np,
+                // SAFETY: row m0 of `y` (the caller's contract).
+                y: unsafe { y.add(m0 * ldy) },
+                ldy,
+                n,
+                n0,
+            };
+            // SAFETY: the caller's contract; stores are masked to columns < n.
+            unsafe {
+                match ((np - n0) / LANES).min(NV) {
+                    3 => avx512::block::<3>(&call),
+                    2 => avx512::block::<2>(&call),
+                    _ => avx512::block::<1>(&call),
+                }
+            }
         }
-    });
-    Ok(y)
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -127,7 +187,7 @@ mod avx512 {
     use super::{LANES, MR};
 
     /// One kernel call: `rows` (≤ MR) rows of word pairs `x` (`k2` per row), the panel from
-    /// column `n0` (`np` words per row), `y` rows of `n` floats.
+    /// column `n0` (`np` words per row), `y` rows of `n` floats `ldy` apart.
     pub(super) struct Block {
         pub x: *const u32,
         pub k2: usize,
@@ -135,6 +195,7 @@ mod avx512 {
         pub panel: *const u32,
         pub np: usize,
         pub y: *mut f32,
+        pub ldy: usize,
         pub n: usize,
         pub n0: usize,
     }
@@ -173,7 +234,7 @@ mod avx512 {
                     let col = c.n0 + v * LANES;
                     let lanes = c.n.saturating_sub(col).min(LANES);
                     let mask = ((1u32 << lanes) - 1) as u16;
-                    _mm512_mask_storeu_ps(c.y.add(r * c.n + col), mask, acc[r][v]);
+                    _mm512_mask_storeu_ps(c.y.add(r * c.ldy + col), mask, acc[r][v]);
                 }
             }
         }

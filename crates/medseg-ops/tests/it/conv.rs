@@ -112,7 +112,10 @@ fn conv3d_direct_geometries_match_reference() {
 #[test]
 fn conv3d_bf16_products_match_reference() {
     let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    // The direct kernel's geometries, and (conv_cases) the tiled im2col path's: rows shorter
+    // than 16, strides, groups.
     let mut cases = direct_cases();
+    cases.extend(conv_cases());
     cases.push((
         "bf16 odd channels",
         [1, 5, 3, 3, 20],
