@@ -1,6 +1,8 @@
 //! CPU kernels of the normalisations: row normalisation (instance norm and layer norm), the fused
 //! instance norm + leaky ReLU and the fused layer norm with affine, each a candle custom op with an
 //! analytic backward.
+use std::mem::MaybeUninit;
+
 use candle::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -91,32 +93,43 @@ fn lrelu(v: f32, slope: f32) -> f32 {
 /// `tail((x − mean)·rstd)` over contiguous rows of `len` elements of `x`: one pass for the
 /// statistics and one for the output, vectorised.
 fn normalize_rows(x: &[f32], len: usize, eps: f32, tail: Tail<'_>) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+    // Written element by element below, so not zero-filled first.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
     let chunk = len * rows_per_task(len);
-    y.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (yc, xc))| {
+    let out = &mut y.spare_capacity_mut()[..x.len()];
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).enumerate().for_each(|(ci, (yc, xc))| {
         let tail = tail.narrow(ci * chunk, xc.len());
         simd::vectorized(
             #[inline(always)]
             || normalize_chunk(xc, yc, len, eps, tail),
         )
     });
+    // SAFETY: the chunks cover `x.len()` elements and `normalize_chunk` writes every element of
+    // its chunk (a shorter last row included).
+    unsafe { y.set_len(x.len()) };
     y
 }
 
 #[inline(always)]
-fn normalize_chunk(xc: &[f32], yc: &mut [f32], len: usize, eps: f32, tail: Tail<'_>) {
+fn normalize_chunk(xc: &[f32], yc: &mut [MaybeUninit<f32>], len: usize, eps: f32, tail: Tail<'_>) {
     for (ri, (yr, xr)) in yc.chunks_mut(len).zip(xc.chunks(len)).enumerate() {
         let (m, s) = row_stats(xr, eps);
         let rows = yr.iter_mut().zip(xr);
         match tail.narrow(ri * len, len) {
-            Tail::Identity => rows.for_each(|(o, &v)| *o = (v - m) * s),
-            Tail::Leaky(k) => rows.for_each(|(o, &v)| *o = lrelu((v - m) * s, k)),
-            Tail::LeakyAdd(k, r) => {
-                rows.zip(r).for_each(|((o, &v), &u)| *o = lrelu((v - m) * s + u, k))
-            }
+            Tail::Identity => rows.for_each(|(o, &v)| {
+                o.write((v - m) * s);
+            }),
+            Tail::Leaky(k) => rows.for_each(|(o, &v)| {
+                o.write(lrelu((v - m) * s, k));
+            }),
+            Tail::LeakyAdd(k, r) => rows.zip(r).for_each(|((o, &v), &u)| {
+                o.write(lrelu((v - m) * s + u, k));
+            }),
             Tail::LeakyAddNorm(k, r) => {
                 let (rm, rs) = row_stats(r, eps);
-                rows.zip(r).for_each(|((o, &v), &u)| *o = lrelu((v - m) * s + (u - rm) * rs, k))
+                rows.zip(r).for_each(|((o, &v), &u)| {
+                    o.write(lrelu((v - m) * s + (u - rm) * rs, k));
+                })
             }
         }
     }
