@@ -69,7 +69,8 @@ fn product(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Result<Vec<f32
         }
     }
     let mut y = vec![0f32; m * n];
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
+        // Empty sums (k = 0) are zero; no rows or columns, no work.
         return Ok(y);
     }
     y.par_chunks_mut(ROWS * n).zip(x.par_chunks(ROWS * k)).for_each(|(yc, xc)| {

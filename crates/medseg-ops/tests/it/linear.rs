@@ -6,9 +6,9 @@ use medseg_ops::{Precision, linear, linear_reference, with_precision};
 use crate::rand;
 
 /// (M, N, K): row tails (M not a multiple of the kernel's 8 rows or the 64-row tasks), column
-/// tails (N not a multiple of 16 or of 48), odd K, and a model width.
-const SHAPES: [(usize, usize, usize); 5] =
-    [(37, 50, 33), (8, 16, 2), (130, 144, 48), (5, 3, 1), (200, 96, 384)];
+/// tails (N not a multiple of 16 or of 48), odd K, a model width, and empty products.
+const SHAPES: [(usize, usize, usize); 7] =
+    [(37, 50, 33), (8, 16, 2), (130, 144, 48), (5, 3, 1), (200, 96, 384), (4, 6, 0), (0, 5, 3)];
 
 #[test]
 fn linear_f32_is_candles_matmul() {
@@ -32,6 +32,10 @@ fn linear_bf16_products_match_reference() {
         let s = 800 + 10 * i as u64;
         let (x, w, b) = (rand(&[m, k], s), rand(&[n, k], s + 1), rand(&[n], s + 2));
         let y = with_precision(Precision::Bf16, || linear(&x, &w, Some(&b))).unwrap();
+        if m == 0 {
+            assert_eq!(y.dims(), [0, n], "{name}");
+            continue;
+        }
         if !medseg_ops::bf16_dot_available() {
             let y32 = linear(&x, &w, Some(&b)).unwrap();
             medseg_testkit::assert_close(&name, &y, &y32, 0.0, 0.0);
