@@ -85,6 +85,27 @@ pub(crate) fn bf16_bits(v: f32) -> u32 {
     if v.is_nan() { 0x7fc0 } else { rounded }
 }
 
+/// `o[i]` = `lo[i]` (low half) and `hi[i]` (high half, 0 without `hi`) in bf16: the word
+/// layout of `vdpbf16ps`, which sums the products of the two halves into one f32 lane. Used for
+/// the conv input's channel pairs and the bf16 product panels; vectorised.
+pub(crate) fn pair_into_words(o: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
+    crate::simd::vectorized(
+        #[inline(always)]
+        || match hi {
+            Some(hi) => {
+                for ((o, &a), &b) in o.iter_mut().zip(lo).zip(hi) {
+                    *o = bf16_bits(a) | (bf16_bits(b) << 16);
+                }
+            }
+            None => {
+                for (o, &a) in o.iter_mut().zip(lo) {
+                    *o = bf16_bits(a);
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

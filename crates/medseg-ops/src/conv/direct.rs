@@ -22,7 +22,7 @@
 use rayon::prelude::*;
 
 use super::cpu::ConvGeom;
-use crate::precision::bf16_bits;
+use crate::precision::{bf16_bits, pair_into_words};
 use crate::storage::SyncPtr;
 
 /// Vectors per tile (16 output positions each).
@@ -237,31 +237,9 @@ fn pair_channels(x: &[f32], n: usize, c: usize, len: usize) -> Vec<u32> {
         let (b, j) = (i / c2, i % c2);
         let lo = &x[(b * c + 2 * j) * len..(b * c + 2 * j + 1) * len];
         let hi = (2 * j + 1 < c).then(|| &x[(b * c + 2 * j + 1) * len..(b * c + 2 * j + 2) * len]);
-        // SAFETY: only called from the AVX-512 path (`forward_bf16` checked the CPU).
-        unsafe { pair_row(o, lo, hi) }
+        pair_into_words(o, lo, hi)
     });
     out
-}
-
-/// One row of [`pair_channels`], compiled for AVX-512 so the rounding loop runs 16 wide.
-///
-/// # Safety
-/// The CPU must have AVX-512F and AVX-512BW.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pair_row(o: &mut [u32], lo: &[f32], hi: Option<&[f32]>) {
-    match hi {
-        Some(hi) => {
-            for ((o, &a), &b) in o.iter_mut().zip(lo).zip(hi) {
-                *o = bf16_bits(a) | (bf16_bits(b) << 16);
-            }
-        }
-        None => {
-            for (o, &a) in o.iter_mut().zip(lo) {
-                *o = bf16_bits(a);
-            }
-        }
-    }
 }
 
 /// `w` `[Co, Ci, K]` → bf16 pair panels `[⌈Co/MR⌉][⌈Ci/2⌉][K][MR]` (zeros past `Co` and `Ci`).

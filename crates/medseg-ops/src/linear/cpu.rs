@@ -11,7 +11,7 @@
 use candle::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::precision::bf16_bits;
+use crate::precision::{bf16_bits, pair_into_words};
 use crate::storage::f32_slice;
 
 /// Rows per kernel call.
@@ -109,24 +109,11 @@ pub(crate) fn pair_panel(b: &[f32], k: usize, n: usize, panel: &mut Vec<u32>) ->
     let np = n.div_ceil(LANES) * LANES;
     panel.clear();
     panel.resize(k.div_ceil(2) * np, 0);
-    crate::simd::vectorized(
-        #[inline(always)]
-        || {
-            for (j, row) in panel.chunks_mut(np).enumerate() {
-                let lo = &b[2 * j * n..(2 * j + 1) * n];
-                if 2 * j + 1 < k {
-                    let hi = &b[(2 * j + 1) * n..(2 * j + 2) * n];
-                    for ((o, &a), &c) in row.iter_mut().zip(lo).zip(hi) {
-                        *o = bf16_bits(a) | (bf16_bits(c) << 16);
-                    }
-                } else {
-                    for (o, &a) in row.iter_mut().zip(lo) {
-                        *o = bf16_bits(a);
-                    }
-                }
-            }
-        },
-    );
+    for (j, row) in panel.chunks_mut(np).enumerate() {
+        let lo = &b[2 * j * n..(2 * j + 1) * n];
+        let hi = (2 * j + 1 < k).then(|| &b[(2 * j + 1) * n..(2 * j + 2) * n]);
+        pair_into_words(row, lo, hi);
+    }
     np
 }
 
