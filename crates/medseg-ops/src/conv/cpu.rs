@@ -257,49 +257,73 @@ pub(crate) fn forward(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     forward_im2col(g, x, w)
 }
 
-/// [`forward`] through tiled im2col + GEMM (every geometry).
-pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+/// The tiled forward product shared by the f32 and bf16 paths: one task per (item, group,
+/// tile), the tile unfolded into a per-thread buffer (`rows × tl`), then
+/// `product(state, group, columns, tl, dst)` writes the `co_g × tl` block of `y` at `dst` (row
+/// stride `out_len`), which belongs to that task alone. `state` is per-thread scratch.
+fn tiled_forward<S>(
+    g: &ConvGeom,
+    x: &[f32],
+    state: impl Fn() -> S + Sync + Send,
+    product: impl Fn(&mut S, usize, &[f32], usize, SyncPtr) + Sync + Send,
+) -> Vec<f32> {
     let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
     let (img_len, out_len) = (g.img_len(), g.out_len());
     let tiles = g.tiles(TILE_POSITIONS);
     let nt = tiles.len();
     let mut y = vec![0f32; g.column_numel()];
     let yp = SyncPtr(y.as_mut_ptr());
-    (0..g.n * g.groups * nt).into_par_iter().for_each_init(Vec::new, |buf: &mut Vec<f32>, task| {
-        let tile = &tiles[task % nt];
-        let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
-        let tl = g.tile_len(tile);
-        buf.resize(rows * tl, 0.0);
-        let xg = &x[(b * g.ci + gi * ci_g) * img_len..];
-        g.im2col(xg, ci_g, tile, buf);
-        let dst_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
-        // SAFETY: the destination block (co_g rows × tl columns, row stride out_len) belongs to
-        // this task alone; lhs/rhs extents match their strides.
-        unsafe {
-            gemm(
-                co_g,
-                tl,
-                rows,
-                yp.ptr().add(dst_off),
-                1,
-                out_len as isize,
-                false,
-                w.as_ptr().add(gi * co_g * rows),
-                1,
-                rows as isize,
-                buf.as_ptr(),
-                1,
-                tl as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
-            )
-        }
-    });
+    (0..g.n * g.groups * nt).into_par_iter().for_each_init(
+        || (Vec::new(), state()),
+        |(buf, st): &mut (Vec<f32>, S), task| {
+            let tile = &tiles[task % nt];
+            let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
+            let tl = g.tile_len(tile);
+            buf.resize(rows * tl, 0.0);
+            g.im2col(&x[(b * g.ci + gi * ci_g) * img_len..], ci_g, tile, buf);
+            let dst_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
+            // SAFETY: the block from dst_off (co_g rows of out_len) lies inside y.
+            product(st, gi, buf, tl, SyncPtr(unsafe { yp.ptr().add(dst_off) }));
+        },
+    );
     y
+}
+
+/// [`forward`] through tiled im2col + GEMM (every geometry).
+pub(crate) fn forward_im2col(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
+    let (co_g, rows, out_len) = (g.co_g(), g.rows(), g.out_len());
+    tiled_forward(
+        g,
+        x,
+        || (),
+        |_, gi, cols, tl, dst| {
+            // SAFETY: the destination block (co_g rows × tl columns, row stride out_len) belongs
+            // to this task alone; lhs/rhs extents match their strides.
+            unsafe {
+                gemm(
+                    co_g,
+                    tl,
+                    rows,
+                    dst.ptr(),
+                    1,
+                    out_len as isize,
+                    false,
+                    w.as_ptr().add(gi * co_g * rows),
+                    1,
+                    rows as isize,
+                    cols.as_ptr(),
+                    1,
+                    tl as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        },
+    )
 }
 
 /// [`forward_im2col`] with bf16 operands, for `Precision::Bf16` where the direct kernel does not
@@ -312,43 +336,28 @@ pub(crate) fn forward_im2col_bf16(g: &ConvGeom, x: &[f32], w: &[f32]) -> Option<
     #[cfg(target_arch = "x86_64")]
     {
         use crate::linear::cpu::{pair_panel, pair_rows, product_block};
-        let (ci_g, co_g, rows) = (g.ci_g(), g.co_g(), g.rows());
-        let (img_len, out_len) = (g.img_len(), g.out_len());
+        let (co_g, rows, out_len) = (g.co_g(), g.rows(), g.out_len());
         let weights: Vec<Vec<u32>> = (0..g.groups)
             .map(|gi| pair_rows(&w[gi * co_g * rows..(gi + 1) * co_g * rows], co_g, rows))
             .collect();
-        let tiles = g.tiles(TILE_POSITIONS);
-        let nt = tiles.len();
-        let mut y = vec![0f32; g.column_numel()];
-        let yp = SyncPtr(y.as_mut_ptr());
-        (0..g.n * g.groups * nt).into_par_iter().for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(buf, panel): &mut (Vec<f32>, Vec<u32>), task| {
-                let tile = &tiles[task % nt];
-                let (b, gi) = ((task / nt) / g.groups, (task / nt) % g.groups);
-                let tl = g.tile_len(tile);
-                buf.resize(rows * tl, 0.0);
-                g.im2col(&x[(b * g.ci + gi * ci_g) * img_len..], ci_g, tile, buf);
-                let np = pair_panel(buf, rows, tl, panel);
-                let dst_off = (b * g.co + gi * co_g) * out_len + g.tile_start(tile);
-                // SAFETY: AVX-512 BF16 is present (checked above); the weight pairs hold co_g
-                // rows of ⌈rows/2⌉ words, the panel ⌈rows/2⌉ rows of np words; the destination
-                // block (co_g rows × tl columns, row stride out_len) belongs to this task alone.
-                unsafe {
-                    product_block(
-                        &weights[gi],
-                        rows.div_ceil(2),
-                        co_g,
-                        panel,
-                        np,
-                        tl,
-                        yp.ptr().add(dst_off),
-                        out_len,
-                    )
-                }
-            },
-        );
-        Some(y)
+        Some(tiled_forward(g, x, Vec::new, |panel: &mut Vec<u32>, gi, cols, tl, dst| {
+            let np = pair_panel(cols, rows, tl, panel);
+            // SAFETY: AVX-512 BF16 is present (checked above); the weight pairs hold co_g rows
+            // of ⌈rows/2⌉ words, the panel ⌈rows/2⌉ rows of np words; the destination block
+            // (co_g rows × tl columns, row stride out_len) belongs to this task alone.
+            unsafe {
+                product_block(
+                    &weights[gi],
+                    rows.div_ceil(2),
+                    co_g,
+                    panel,
+                    np,
+                    tl,
+                    dst.ptr(),
+                    out_len,
+                )
+            }
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
