@@ -182,46 +182,60 @@ fn forward_avx512(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     // zero and then added to the output, exactly like `gemm`'s k-blocking on the im2col path.
     let k = g.ci * kvol;
     let kc = k.div_ceil(k.div_ceil(KC_TARGET));
+    tile_blocks(g, |taps, b, vs, blk, y| {
+        let xb = &x[b * g.ci * img_len..(b + 1) * g.ci * img_len];
+        let rows = MR.min(g.co - blk * MR);
+        let panel = &packed[blk * g.ci * kvol * MR..(blk + 1) * g.ci * kvol * MR];
+        for (i, k0) in (0..k).step_by(kc).enumerate() {
+            // SAFETY: AVX-512F is present (`applies`); every unmasked load lies inside `xb`
+            // (tap_table masks the lanes outside the image rows); the stores write rows
+            // co0..co0+rows of batch b at this tile's positions, which no other task writes.
+            unsafe {
+                avx512::kernel(
+                    xb.as_ptr(),
+                    img_len,
+                    k0..(k0 + kc).min(k),
+                    i == 0,
+                    kvol,
+                    taps,
+                    panel.as_ptr(),
+                    y.ptr(),
+                    out_len,
+                    vs,
+                    rows,
+                );
+            }
+        }
+    })
+}
+
+/// The tile loop of both direct kernels: one rayon task per (batch item, tile), its tap table,
+/// then `block(taps, b, vectors, blk, y)` for each block `blk` of [`MR`] output channels, `y`
+/// pointing at row `blk·MR` of item `b` of the output. Every block must store all its rows'
+/// elements at the tile's positions (the kernels do, in their first reduction chunk): the output
+/// is not zero-filled first (at 96³ with 48 channels that was a 170 MB memset per call).
+#[cfg(target_arch = "x86_64")]
+fn tile_blocks(
+    g: &ConvGeom,
+    block: impl Fn(&[Tap], usize, &[Vector], usize, SyncPtr) + Sync + Send,
+) -> Vec<f32> {
+    let out_len = g.out.iter().product::<usize>();
     let tiles = tiles(g);
     let nt = tiles.len();
-    // Not zero-filled first (at 96³ with 48 channels that was a 170 MB memset per call): the
-    // kernel calls below write every element.
     let len = g.n * g.co * out_len;
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let yp = SyncPtr(y.as_mut_ptr());
     (0..g.n * nt).into_par_iter().for_each_init(Vec::new, |taps: &mut Vec<Tap>, task| {
         let (b, (vs, nv)) = (task / nt, &tiles[task % nt]);
         tap_table(g, &vs[..*nv], taps);
-        let xb = &x[b * g.ci * img_len..(b + 1) * g.ci * img_len];
         for blk in 0..g.co.div_ceil(MR) {
-            let co0 = blk * MR;
-            let rows = MR.min(g.co - co0);
-            let panel = &packed[blk * g.ci * kvol * MR..(blk + 1) * g.ci * kvol * MR];
-            let y_off = (b * g.co + co0) * out_len;
-            for (i, k0) in (0..k).step_by(kc).enumerate() {
-                // SAFETY: AVX-512F is present (`applies`); every unmasked load lies inside `xb`
-                // (tap_table masks the lanes outside the image rows); the stores write rows
-                // co0..co0+rows of batch b at this tile's positions, which no other task writes.
-                unsafe {
-                    avx512::kernel(
-                        xb.as_ptr(),
-                        img_len,
-                        k0..(k0 + kc).min(k),
-                        i == 0,
-                        kvol,
-                        taps,
-                        panel.as_ptr(),
-                        yp.ptr().add(y_off),
-                        out_len,
-                        &vs[..*nv],
-                        rows,
-                    );
-                }
-            }
+            // SAFETY: row blk·MR of item b lies inside y (blk·MR < Co).
+            let y_blk = SyncPtr(unsafe { yp.ptr().add((b * g.co + blk * MR) * out_len) });
+            block(taps, b, &vs[..*nv], blk, y_blk);
         }
     });
     // SAFETY: the tiles cover every output position and the channel blocks every channel, and
-    // each block's first reduction chunk stores it: all `len` elements are initialised.
+    // each block stores its rows there (the contract above): all `len` elements are initialised.
     unsafe { y.set_len(len) };
     y
 }
@@ -283,42 +297,26 @@ fn forward_avx512_bf16(g: &ConvGeom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let ci2 = g.ci.div_ceil(2);
     let packed = pack_weights_bf16(g, w);
     let xp = pair_channels(x, g.n, g.ci, img_len);
-    let tiles = tiles(g);
-    let nt = tiles.len();
-    // Not zero-filled first (at 96³ with 48 channels that was a 170 MB memset per call): the
-    // kernel calls below write every element.
-    let len = g.n * g.co * out_len;
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    let yp = SyncPtr(y.as_mut_ptr());
-    (0..g.n * nt).into_par_iter().for_each_init(Vec::new, |taps: &mut Vec<Tap>, task| {
-        let (b, (vs, nv)) = (task / nt, &tiles[task % nt]);
-        tap_table(g, &vs[..*nv], taps);
+    tile_blocks(g, |taps, b, vs, blk, y| {
         let xb = &xp[b * ci2 * img_len..(b + 1) * ci2 * img_len];
-        for blk in 0..g.co.div_ceil(MR) {
-            let co0 = blk * MR;
-            let panel = &packed[blk * ci2 * kvol * MR..(blk + 1) * ci2 * kvol * MR];
-            // SAFETY: AVX-512F and AVX-512 BF16 are present (`forward_bf16`); loads and stores
-            // as in `forward_avx512`, on the paired image (one word per position and pair).
-            unsafe {
-                avx512::kernel_bf16(
-                    xb.as_ptr(),
-                    img_len,
-                    ci2,
-                    kvol,
-                    taps,
-                    panel.as_ptr(),
-                    yp.ptr().add((b * g.co + co0) * out_len),
-                    out_len,
-                    &vs[..*nv],
-                    MR.min(g.co - co0),
-                );
-            }
+        let panel = &packed[blk * ci2 * kvol * MR..(blk + 1) * ci2 * kvol * MR];
+        // SAFETY: AVX-512F and AVX-512 BF16 are present (`forward_bf16`); loads and stores as in
+        // `forward_avx512`, on the paired image (one word per position and pair).
+        unsafe {
+            avx512::kernel_bf16(
+                xb.as_ptr(),
+                img_len,
+                ci2,
+                kvol,
+                taps,
+                panel.as_ptr(),
+                y.ptr(),
+                out_len,
+                vs,
+                MR.min(g.co - blk * MR),
+            );
         }
-    });
-    // SAFETY: the tiles cover every output position and the channel blocks every channel, each
-    // stored once: all `len` elements are initialised.
-    unsafe { y.set_len(len) };
-    y
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
